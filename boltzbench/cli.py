@@ -1,0 +1,152 @@
+"""The ``boltzbench`` command: run, validate, list, report.
+
+Exit codes: 0 all good; 1 some cells failed; 2 bad input (nothing written); 130 interrupted
+(finished cells are kept; run again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from importlib.resources import files
+from pathlib import Path
+
+from boltzbench.matrix import Matrix, MatrixError, load_matrix
+from boltzbench.registry import PluginError, registry
+
+EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def default_matrix_path() -> Path:
+    return Path(str(files("boltzbench.benchmarks") / "matrices" / "quick.toml"))
+
+
+def _load(path: str | None) -> Matrix:
+    return load_matrix(path if path is not None else default_matrix_path())
+
+
+def _describe(matrix: Matrix) -> str:
+    cells = matrix.cells()
+    caps = ", ".join(f"{k} = {v:g}" for k, v in (("max_evals", matrix.budget.max_evals),
+                                                  ("max_wall_s", matrix.budget.max_wall_s)) if v is not None)
+    return (f"matrix {matrix.name!r}: {len(cells)} cells = {len(matrix.systems)} systems × "
+            f"{len(matrix.samplers)} samplers × {len(matrix.seeds)} seeds; budget {caps} per cell; "
+            f"baseline {matrix.baseline!r}")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    matrix = _load(args.matrix)
+    print(f"ok: {_describe(matrix)}")
+    for cell in matrix.cells():
+        print(f"  {cell.cell_id}  {cell}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from boltzbench.reports.markdown import write_report
+    from boltzbench.runner import run_matrix
+
+    matrix = _load(args.matrix)
+    out = Path(args.out) if args.out else Path("boltzbench-results") / matrix.name
+    print(f"{_describe(matrix)}\nresults: {out}", file=sys.stderr)
+    summary = run_matrix(matrix, out, progress=not args.no_progress, retry_failed=args.retry_failed)
+    print(f"{summary.ok + summary.failed} cells run ({summary.ok} ok, {summary.failed} failed), "
+          f"{summary.skipped} already finished")
+    print(f"records: {out / 'records'}")
+    if not args.no_report:
+        print(f"report:  {write_report(out)}")
+    return EXIT_FAILED_CELLS if summary.failed else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from boltzbench.reports.markdown import write_report
+
+    if not (Path(args.results) / "records").is_dir():
+        print(f"error: {args.results}: no records/ folder here; give the --out folder of a run",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"report: {write_report(args.results, args.out)}")
+    return EXIT_OK
+
+
+def _param_line(field: dataclasses.Field, hint: typing.Any) -> str:
+    kind = getattr(hint, "__name__", str(hint))
+    return f"      {field.name} ({kind}, default {field.default!r}): {field.metadata.get('help', '')}"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    kinds = ("systems", "samplers", "metrics")
+    for kind in args.kinds:
+        if kind not in kinds:
+            print(f"error: list: unknown kind {kind!r}; valid choices: {', '.join(kinds)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    for kind in args.kinds or kinds:
+        table = registry(kind)
+        print(f"{kind}:")
+        for name in table.names():
+            try:
+                obj = table.load(name)
+            except PluginError as exc:
+                print(f"  {name}  [broken plugin] {exc}")
+                continue
+            if kind == "metrics":
+                print(f"  {name}  {(obj.__doc__ or '').strip().splitlines()[0]}")
+                continue
+            print(f"  {name}  {obj.description}")
+            hints = typing.get_type_hints(obj)
+            for field in obj.parameters():
+                print(_param_line(field, hints[field.name]))
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="boltzbench",
+        description="Benchmark samplers of Boltzmann distributions: run a (system × sampler × "
+                    "seed) matrix under a cost budget, then rank the methods in a report.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a benchmark matrix (default: the built-in quick matrix)",
+                         description="Run every cell of MATRIX not yet finished in --out, write one "
+                                     "JSON record per cell, then a Markdown report. Resumable: run it "
+                                     "again after an interruption.")
+    run.add_argument("matrix", nargs="?", help="matrix TOML file (default: built-in quick.toml)")
+    run.add_argument("--out", help="results folder (default: boltzbench-results/<matrix name>)")
+    run.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-report", action="store_true", help="do not write the report")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a matrix and list its cells; runs nothing")
+    validate.add_argument("matrix", help="matrix TOML file")
+    validate.set_defaults(func=cmd_validate)
+
+    lst = sub.add_parser("list", help="list systems, samplers and metrics with their parameters")
+    lst.add_argument("kinds", nargs="*", metavar="KIND",
+                     help="systems, samplers and/or metrics (default: all)")
+    lst.set_defaults(func=cmd_list)
+
+    report = sub.add_parser("report", help="write a Markdown report of a results folder")
+    report.add_argument("results", help="the --out folder of a run (holds records/)")
+    report.add_argument("--out", help="report path (default: RESULTS/report/report.md)")
+    report.set_defaults(func=cmd_report)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MatrixError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished cells are kept; run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""The contracts every part of boltzbench speaks (DESIGN.md, "Contracts").
+
+Conventions fixed here, once:
+
+* **Energies are reduced**: ``System.energy(x)`` returns u(x) = U(x)/kT at the system's
+  target temperature, shape ``(B,)``, for ``x`` of shape ``(B, dof)``. A sampler that
+  tempers works with an inverse temperature *relative to the target*, β = T_target/T, and
+  the density β·u(x); β = 1 is the target. Forces are −∇u, in the same reduced units.
+* **Cost**: one energy evaluation or one force evaluation of one configuration costs one
+  unit. Every call of ``System.energy`` / ``System.energy_and_forces`` is charged to the
+  system's :class:`CostLedger`; work done inside ``ledger.setup_phase()`` (flow training,
+  training-data generation) is kept apart as setup cost, and budgets count both.
+* **Parameters**: systems and samplers are dataclasses whose init fields are their
+  parameters (declared with :func:`param`). Construction is cheap and validates; heavy
+  set-up happens lazily on first use.
+* **Randomness** is always passed in as a ``torch.Generator``; nothing seeds globally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+import torch
+
+
+class ParameterError(ValueError):
+    """An invalid parameter value. ``field`` names the parameter."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def require(condition: bool, field: str, message: str) -> None:
+    """Raise :class:`ParameterError` for ``field`` unless ``condition`` holds."""
+    if not condition:
+        raise ParameterError(field, message)
+
+
+def param(default: Any, help: str) -> Any:
+    """Declare a parameter of a system or sampler: a dataclass field with a help text."""
+    return field(default=default, metadata={"help": help})
+
+
+class Configurable:
+    """Base of systems and samplers: a dataclass whose init fields are its parameters."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    @classmethod
+    def parameters(cls) -> list[dataclasses.Field]:
+        return [f for f in dataclasses.fields(cls) if f.init]
+
+    def params(self) -> dict[str, Any]:
+        """All parameters, defaults included: the normalized form a record stores."""
+        return {f.name: getattr(self, f.name) for f in self.parameters()}
+
+
+# --------------------------------------------------------------------------- cost
+
+
+@dataclass
+class Cost:
+    """Evaluations and wall seconds spent in one phase (sampling or setup)."""
+
+    energy_evals: float = 0.0
+    force_evals: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def evals(self) -> float:
+        return self.energy_evals + self.force_evals
+
+
+class CostLedger:
+    """What a cell has spent so far, sampling and setup kept apart.
+
+    The wall clock runs only between :meth:`start` and :meth:`stop` (the runner stops it
+    while it computes metrics, so analysis is never charged to the sampler).
+    """
+
+    def __init__(self) -> None:
+        self.sampling = Cost()
+        self.setup = Cost()
+        self._in_setup = False
+        self._since: float | None = None
+
+    def charge(self, energy: float = 0, forces: float = 0) -> None:
+        bucket = self.setup if self._in_setup else self.sampling
+        bucket.energy_evals += energy
+        bucket.force_evals += forces
+
+    def start(self) -> None:
+        if self._since is None:
+            self._since = time.perf_counter()
+
+    def stop(self) -> None:
+        self._tick()
+        self._since = None
+
+    def _tick(self) -> None:
+        if self._since is not None:
+            now = time.perf_counter()
+            (self.setup if self._in_setup else self.sampling).wall_s += now - self._since
+            self._since = now
+
+    @contextmanager
+    def setup_phase(self) -> Iterator[None]:
+        """Charge everything inside the block (evaluations and wall time) to setup."""
+        self._tick()
+        self._in_setup = True
+        try:
+            yield
+        finally:
+            self._tick()
+            self._in_setup = False
+
+    @property
+    def total_evals(self) -> float:
+        return self.sampling.evals + self.setup.evals
+
+    @property
+    def total_wall_s(self) -> float:
+        self._tick()
+        return self.sampling.wall_s + self.setup.wall_s
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record's ``cost``: sampling phase at the top level, setup apart, totals."""
+        self._tick()
+        return {
+            **dataclasses.asdict(self.sampling),
+            "setup": dataclasses.asdict(self.setup),
+            "total_evals": self.total_evals,
+            "total_wall_s": self.total_wall_s,
+        }
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A cost cap: energy+force evaluations and/or wall seconds, setup included.
+
+    ``n_snapshots`` is how many snapshots (points of the accuracy-versus-cost curve) a
+    sampler yields, evenly spaced in the fraction of the budget used.
+    """
+
+    max_evals: float | None = None
+    max_wall_s: float | None = None
+    n_snapshots: int = 20
+
+    def __post_init__(self) -> None:
+        require(self.max_evals is not None or self.max_wall_s is not None, "budget",
+                "set max_evals and/or max_wall_s")
+        for name in ("max_evals", "max_wall_s"):
+            value = getattr(self, name)
+            require(value is None or value > 0, f"budget.{name}", f"must be > 0, got {value}")
+        require(self.n_snapshots >= 1, "budget.n_snapshots", f"must be >= 1, got {self.n_snapshots}")
+
+    def used(self, ledger: CostLedger) -> float:
+        """Fraction of the budget spent (the largest over the caps that are set)."""
+        fractions = []
+        if self.max_evals is not None:
+            fractions.append(ledger.total_evals / self.max_evals)
+        if self.max_wall_s is not None:
+            fractions.append(ledger.total_wall_s / self.max_wall_s)
+        return max(fractions)
+
+    def exhausted(self, ledger: CostLedger) -> bool:
+        return self.used(ledger) >= 1.0
+
+    def schedule(self) -> "SnapshotSchedule":
+        return SnapshotSchedule(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class SnapshotSchedule:
+    """Says when a snapshot is due: each time the budget used passes the next k/n_snapshots.
+
+    The last mark is 1.0, so a sampler looping ``while not budget.exhausted(ledger)`` and
+    yielding whenever ``due`` is true always yields a final snapshot at exhaustion.
+    """
+
+    def __init__(self, budget: Budget):
+        self.budget = budget
+        self._next = 1
+
+    def due(self, ledger: CostLedger) -> bool:
+        used = self.budget.used(ledger)
+        n = self.budget.n_snapshots
+        if used * n < self._next and used < 1.0:
+            return False
+        self._next = int(used * n) + 1
+        return True
+
+
+# ----------------------------------------------------------------------- samples
+
+
+@dataclass
+class Snapshot:
+    """What a sampler has produced so far, at the target temperature.
+
+    ``positions`` has shape (T, C, dof): T draws of each of C chains (C = population size
+    and T = 1 for samplers that produce independent weighted samples); ``energies`` (T, C)
+    are reduced energies; ``log_weights`` (T, C) are unnormalized log importance weights,
+    ``None`` for unweighted samplers. ``cost`` is ``ledger.as_dict()`` at this point;
+    ``diagnostics`` holds JSON-able values (acceptance rates, round trips, ...).
+    """
+
+    positions: torch.Tensor
+    energies: torch.Tensor
+    log_weights: torch.Tensor | None
+    cost: dict[str, Any]
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Samples:
+    """The NumPy view of a snapshot that metrics read: pure data, no torch, no system.
+
+    ``observables`` and ``states`` (metastable-state labels, −1 for none) have the same
+    (T, C) leading shape as ``energies``.
+    """
+
+    positions: np.ndarray
+    energies: np.ndarray
+    log_weights: np.ndarray | None
+    observables: dict[str, np.ndarray]
+    states: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.energies.size)
+
+    def weights(self) -> np.ndarray:
+        """Normalized weights of the flattened samples (uniform for unweighted samplers)."""
+        if self.log_weights is None:
+            return np.full(self.n, 1.0 / self.n)
+        log_w = self.log_weights.reshape(-1)
+        w = np.exp(log_w - log_w.max())
+        return w / w.sum()
+
+
+@dataclass
+class Reference:
+    """Reference data of a system, with provenance.
+
+    ``energies``/``observables`` are reference samples (flattened, ``(n,)`` each);
+    ``exact`` holds exactly known scalars (for example ``mean_energy``, ``delta_f``);
+    ``cdfs`` holds exact marginal CDFs on a grid, ``{observable: (grid, cdf)}``.
+    """
+
+    energies: np.ndarray
+    observables: dict[str, np.ndarray]
+    exact: dict[str, float]
+    cdfs: dict[str, tuple[np.ndarray, np.ndarray]]
+    provenance: dict[str, Any]
+
+
+# ----------------------------------------------------------------- systems, samplers
+
+
+@dataclass
+class System(Configurable, ABC):
+    """A target density p(x) ∝ exp(−u(x)) over x of shape (B, dof).
+
+    Subclasses implement :meth:`_energy` (and :meth:`_energy_and_forces` when they have
+    analytic forces; the default differentiates :meth:`_energy` with autograd) and the
+    metadata below. Callers use :meth:`energy` and :meth:`energy_and_forces`, which charge
+    the ledger.
+    """
+
+    ledger: CostLedger = field(default_factory=CostLedger, init=False, repr=False, compare=False)
+
+    citation: ClassVar[str] = ""
+    units: ClassVar[str] = "reduced"
+    #: Names of the metastable states that :meth:`state_of` labels 0, 1, ...
+    states: ClassVar[tuple[str, ...]] = ()
+    #: The metrics computed when a matrix does not name any.
+    default_metrics: ClassVar[tuple[str, ...]] = ("energy_w1", "mean_energy_error", "ess")
+    dtype: ClassVar[torch.dtype] = torch.float64
+
+    # metadata ------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def dof(self) -> int: ...
+
+    @property
+    def n_particles(self) -> int:
+        return 1
+
+    @property
+    def dim(self) -> int:
+        return self.dof // self.n_particles
+
+    @property
+    def box(self) -> torch.Tensor | None:
+        """Periodic box edges, or ``None`` for an open system."""
+        return None
+
+    # energies ----------------------------------------------------------------------
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        """Reduced energies u(x), shape (B,); charges B energy evaluations."""
+        self.ledger.charge(energy=x.shape[0])
+        return self._energy(x)
+
+    def energy_and_forces(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reduced energies (B,) and forces −∇u (B, dof); charges B force evaluations."""
+        self.ledger.charge(forces=x.shape[0])
+        return self._energy_and_forces(x)
+
+    @abstractmethod
+    def _energy(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def _energy_and_forces(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            u = self._energy(x)
+            (grad,) = torch.autograd.grad(u.sum(), x)
+        return u.detach(), -grad
+
+    # analysis ----------------------------------------------------------------------
+    def observables(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named per-configuration observables, each (B,). Not charged: this is analysis."""
+        return {}
+
+    def state_of(self, x: torch.Tensor) -> torch.Tensor:
+        """Metastable-state label of each configuration (index into ``states``; −1: none)."""
+        return torch.full((x.shape[0],), -1, dtype=torch.long)
+
+    @abstractmethod
+    def sample_initial(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` starting configurations (n, dof): the same start for every sampler."""
+
+    @abstractmethod
+    def reference(self) -> Reference:
+        """Reference samples and exact quantities for these parameters, with provenance."""
+
+
+class Sampler(Configurable, ABC):
+    """A sampling method: ``run`` yields snapshots until the budget is spent.
+
+    Samplers charge every energy/force evaluation (they go through the system's
+    ``energy``/``energy_and_forces``), yield when ``budget.schedule()`` says a snapshot is
+    due, and take all randomness from ``generator``.
+    """
+
+    @abstractmethod
+    def run(self, system: System, budget: Budget, generator: torch.Generator) -> Iterator[Snapshot]: ...

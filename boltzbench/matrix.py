@@ -1,0 +1,234 @@
+"""Benchmark matrices: a TOML file → validated (system × sampler × seed) cells.
+
+Format (see ``benchmarks/matrices/quick.toml``)::
+
+    name = "quick"                     # default: the file's stem
+    description = "..."
+    seeds = [0, 1]
+    baseline = "md"                    # label of the sampler speedups are measured against
+    metrics = ["energy_w1", "ess"]     # optional; default: each system's default metrics
+    keep_samples = false               # write the final samples beside each record (.npz)
+
+    [budget]                           # max_evals and/or max_wall_s; n_snapshots
+    max_evals = 1_000_000
+
+    [[systems]]
+    name = "double_well"
+    params = { temperature = 1.0 }
+
+    [[samplers]]
+    name = "md"
+    label = "md"                       # optional; needed when a sampler appears twice
+    params = { dt = 0.01 }
+
+Every error names the offending field and, where there is a closed set, the valid choices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from boltzbench.contracts import Budget, ParameterError
+from boltzbench.registry import PluginError, UnknownName, build, registry
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+TOP_KEYS = ("name", "description", "seeds", "baseline", "metrics", "keep_samples", "budget",
+            "systems", "samplers")
+COMPONENT_KEYS = ("name", "label", "params")
+BUDGET_KEYS = ("max_evals", "max_wall_s", "n_snapshots")
+
+
+class MatrixError(ValueError):
+    """An invalid matrix; ``field`` is the dotted path of the offending entry."""
+
+    def __init__(self, field: str, message: str, source: str = "matrix"):
+        self.field, self.message, self.source = field, message, source
+        super().__init__(f"{source}: {field}: {message}")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A system or sampler of a matrix: label, registered name, normalized parameters."""
+
+    label: str
+    name: str
+    params: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "name": self.name, "params": self.params}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (system, sampler, seed) run under a budget, with the metrics to compute."""
+
+    system: Component
+    sampler: Component
+    seed: int
+    budget: Budget
+    metrics: tuple[str, ...]
+
+    def spec(self) -> dict[str, Any]:
+        """The normalized cell: what the cell id hashes and the record repeats."""
+        return {
+            "system": self.system.as_dict(),
+            "sampler": self.sampler.as_dict(),
+            "seed": self.seed,
+            "budget": self.budget.as_dict(),
+            "metrics": list(self.metrics),
+        }
+
+    @property
+    def cell_id(self) -> str:
+        blob = json.dumps(self.spec(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def __str__(self) -> str:
+        return f"{self.system.label} × {self.sampler.label} × seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class Matrix:
+    name: str
+    description: str
+    systems: tuple[Component, ...]
+    samplers: tuple[Component, ...]
+    seeds: tuple[int, ...]
+    budget: Budget
+    baseline: str
+    metrics: tuple[str, ...] | None = None
+    keep_samples: bool = False
+    source: str = field(default="matrix", compare=False)
+
+    def cells(self) -> list[Cell]:
+        cells = []
+        for system, sampler, seed in itertools.product(self.systems, self.samplers, self.seeds):
+            metrics = self.metrics or registry("systems").load(system.name).default_metrics
+            cells.append(Cell(system, sampler, seed, self.budget, tuple(metrics)))
+        return cells
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    """Read and validate a matrix file. Raises :class:`MatrixError`."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise MatrixError("path", "no such file", source)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise MatrixError("toml", f"not valid TOML: {exc}", source) from None
+    return parse_matrix(data, source=source, default_name=path.stem)
+
+
+def parse_matrix(data: dict[str, Any], source: str = "matrix", default_name: str = "matrix") -> Matrix:
+    """Validate a matrix given as a dict (parsed TOML). Raises :class:`MatrixError`."""
+
+    def fail(where: str, message: str) -> MatrixError:
+        return MatrixError(where, message, source)
+
+    _check_keys(data, TOP_KEYS, "", fail)
+    for key in ("systems", "samplers", "seeds", "budget"):
+        if key not in data:
+            raise fail(key, "missing (required)")
+
+    systems = _components(data["systems"], "systems", fail)
+    samplers = _components(data["samplers"], "samplers", fail)
+
+    seeds = data["seeds"]
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise fail("seeds", f"must be a non-empty list of non-negative integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise fail("seeds", f"repeated seeds in {seeds!r}")
+
+    budget_table = data["budget"]
+    if not isinstance(budget_table, dict):
+        raise fail("budget", "must be a table with max_evals and/or max_wall_s")
+    _check_keys(budget_table, BUDGET_KEYS, "budget.", fail)
+    for key, value in budget_table.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail(f"budget.{key}", f"must be a number, got {value!r}")
+    try:
+        budget = Budget(**budget_table)
+    except ParameterError as exc:
+        raise fail(exc.field, exc.message) from None
+
+    labels = [s.label for s in samplers]
+    baseline = data.get("baseline", "md" if "md" in labels else labels[0])
+    if baseline not in labels:
+        raise fail("baseline", f"{baseline!r} is not a sampler of this matrix; valid choices: {', '.join(labels)}")
+
+    metrics = data.get("metrics")
+    if metrics is not None:
+        if not (isinstance(metrics, list) and metrics and all(isinstance(m, str) for m in metrics)):
+            raise fail("metrics", f"must be a non-empty list of metric names, got {metrics!r}")
+        known = registry("metrics")
+        for i, metric in enumerate(metrics):
+            if metric not in known.names():
+                raise fail(f"metrics[{i}]", f"unknown metric {metric!r}; valid choices: {', '.join(known.names())}")
+        metrics = tuple(metrics)
+
+    keep = data.get("keep_samples", False)
+    if not isinstance(keep, bool):
+        raise fail("keep_samples", f"must be true or false, got {keep!r}")
+    for key in ("name", "description"):
+        if key in data and not isinstance(data[key], str):
+            raise fail(key, f"must be a string, got {data[key]!r}")
+
+    return Matrix(
+        name=data.get("name", default_name), description=data.get("description", ""),
+        systems=systems, samplers=samplers, seeds=tuple(seeds), budget=budget,
+        baseline=baseline, metrics=metrics, keep_samples=keep, source=source,
+    )
+
+
+def _check_keys(table: dict, valid: tuple[str, ...], prefix: str, fail) -> None:
+    for key in table:
+        if key not in valid:
+            raise fail(f"{prefix}{key}", f"unknown key; valid keys: {', '.join(valid)}")
+
+
+def _components(entries: Any, kind: str, fail) -> tuple[Component, ...]:
+    """Validate ``[[systems]]`` or ``[[samplers]]`` entries by building each one."""
+    if not isinstance(entries, list) or not entries:
+        raise fail(kind, f"must be a non-empty array of tables ([[{kind}]])")
+    table = registry(kind)
+    components = []
+    for i, entry in enumerate(entries):
+        where = f"{kind}[{i}]"
+        if not isinstance(entry, dict):
+            raise fail(where, "must be a table with a name")
+        _check_keys(entry, COMPONENT_KEYS, f"{where}.", fail)
+        name = entry.get("name")
+        if not isinstance(name, str):
+            raise fail(f"{where}.name", f"missing; valid choices: {', '.join(table.names())}")
+        params = entry.get("params", {})
+        if not isinstance(params, dict):
+            raise fail(f"{where}.params", "must be a table of parameter values")
+        try:
+            instance = build(table.load(name), params)
+        except UnknownName as exc:
+            raise fail(f"{where}.name", str(exc)) from None
+        except PluginError as exc:
+            raise fail(f"{where}.name", str(exc)) from None
+        except ParameterError as exc:
+            raise fail(f"{where}.params.{exc.field}", exc.message) from None
+        label = entry.get("label", name)
+        if not isinstance(label, str) or not label:
+            raise fail(f"{where}.label", f"must be a non-empty string, got {label!r}")
+        components.append(Component(label, name, instance.params()))
+    labels = [c.label for c in components]
+    for i, label in enumerate(labels):
+        if labels.index(label) != i:
+            raise fail(f"{kind}[{i}].label", f"label {label!r} is used twice; give each entry its own label")
+    return tuple(components)

@@ -1,0 +1,38 @@
+"""What every chain sampler shares: keeping a thinned trace and turning it into snapshots."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from boltzbench.contracts import CostLedger, Snapshot
+
+
+class ChainTrace:
+    """Thinned positions and energies of C chains, kept every ``thin`` steps."""
+
+    def __init__(self, thin: int):
+        self.thin = thin
+        self.steps = 0
+        self._positions: list[torch.Tensor] = []
+        self._energies: list[torch.Tensor] = []
+
+    def step(self, x: torch.Tensor, u: torch.Tensor) -> None:
+        """Count one step of every chain; keep (x, u) when the step is a multiple of thin."""
+        self.steps += 1
+        if self.steps % self.thin == 0:
+            self._positions.append(x.detach().clone())
+            self._energies.append(u.detach().clone())
+
+    def snapshot(self, ledger: CostLedger, diagnostics: dict[str, Any]) -> Snapshot:
+        if not self._positions:  # budget spent before the first kept step
+            raise RuntimeError(f"the budget ended after {self.steps} steps, before the first "
+                               f"kept sample (thin = {self.thin}); raise the budget or lower thin")
+        return Snapshot(
+            positions=torch.stack(self._positions),
+            energies=torch.stack(self._energies),
+            log_weights=None,
+            cost=ledger.as_dict(),
+            diagnostics={"steps": self.steps, **diagnostics},
+        )
