@@ -1,0 +1,135 @@
+"""The runner and store: records, determinism, failures, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from boltzbench import Budget, make_cell, parse_matrix, run_cell, run_matrix
+from boltzbench.cli import main
+from boltzbench.reports.markdown import write_report
+
+SMALL = Budget(max_evals=16 * 400, n_snapshots=4)
+WALL_CLOCK = {"wall_s", "total_wall_s", "started_at", "finished_at", "env"}
+
+
+def numbers(record):
+    """The record without wall-clock fields: what must be identical for the same seed."""
+    def strip(obj):
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if k not in WALL_CLOCK}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+    return strip(record)
+
+
+def matrix_dict(samplers, seeds=(0, 1), max_evals=16 * 400, **extra):
+    return {
+        "name": "test", "seeds": list(seeds), "budget": {"max_evals": max_evals, "n_snapshots": 3},
+        "systems": [{"name": "double_well"}],
+        "samplers": [{"name": n, "label": label, "params": p} for label, n, p in samplers],
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("sampler", ["md", "mc"])
+def test_record_has_the_design_keys_and_a_curve(sampler):
+    record = run_cell(make_cell("double_well", sampler, budget=SMALL, sampler_params={"n_chains": 16})).record
+    for key in ("schema", "cell_id", "status", "error", "system", "sampler", "seed", "budget",
+                "cost", "curve", "final", "env"):
+        assert key in record
+    assert record["status"] == "ok" and record["error"] is None
+    assert len(record["curve"]) == 4
+    costs = [point["cost"] for point in record["curve"]]
+    assert costs == sorted(costs) and costs[-1] == record["cost"]["total_evals"]
+    assert set(record["final"]["metrics"]) == {"energy_w1", "x1_w1", "mean_energy_error", "delta_f_error", "ess"}
+    json.dumps(record, allow_nan=False)
+
+
+def test_same_cell_same_seed_identical_numbers_different_seed_different():
+    def record(seed):
+        return run_cell(make_cell("double_well", "mc", seed=seed, budget=SMALL, sampler_params={"n_chains": 16})).record
+
+    first, again, other = record(1), record(1), record(2)
+    assert numbers(first) == numbers(again)
+    assert first["final"]["metrics"] != other["final"]["metrics"]
+    assert first["cell_id"] != other["cell_id"]
+
+
+def test_a_diverging_sampler_fails_its_own_cell_and_the_matrix_goes_on(tmp_path):
+    matrix = parse_matrix(matrix_dict([("md", "md", {"n_chains": 16}), ("md-huge-dt", "md", {"dt": 5.0, "n_chains": 16})]))
+    summary = run_matrix(matrix, tmp_path, progress=False)
+    assert (summary.ok, summary.failed) == (2, 2)
+    records = {(r["sampler"]["label"], r["seed"]): r for r in map(json.loads, map(Path.read_text, (tmp_path / "records").glob("*.json")))}
+    bad = records[("md-huge-dt", 0)]
+    assert bad["status"] == "failed" and "non-finite" in bad["error"]
+    assert "NaN" not in json.dumps(bad)
+    assert records[("md", 0)]["status"] == "ok"
+    report = write_report(tmp_path).read_text()
+    assert "Failed cells" in report and "non-finite" in report
+
+
+def test_cli_exit_code_says_some_cells_failed(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('seeds = [0]\n[budget]\nmax_evals = 3000\n[[systems]]\nname = "double_well"\n'
+                    '[[samplers]]\nname = "md"\nparams = { dt = 5.0, n_chains = 8 }\n')
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    assert (tmp_path / "out" / "report" / "report.md").is_file()
+
+
+def test_finished_cells_are_skipped_and_failed_ones_retried_on_request(tmp_path):
+    matrix = parse_matrix(matrix_dict([("mc", "mc", {"n_chains": 16}), ("bad", "md", {"dt": 5.0, "n_chains": 16})], seeds=[0]))
+    run_matrix(matrix, tmp_path, progress=False)
+    again = run_matrix(matrix, tmp_path, progress=False)
+    assert (again.skipped, again.ok, again.failed) == (2, 0, 0)
+    retried = run_matrix(matrix, tmp_path, progress=False, retry_failed=True)
+    assert (retried.skipped, retried.failed) == (1, 1)
+
+
+def test_kept_samples_load_without_pickle(tmp_path):
+    matrix = parse_matrix(matrix_dict([("mc", "mc", {"n_chains": 16, "thin": 4})], seeds=[0], keep_samples=True))
+    run_matrix(matrix, tmp_path, progress=False)
+    (record_path,) = (tmp_path / "records").glob("*.json")
+    record = json.loads(record_path.read_text())
+    with np.load(tmp_path / "records" / record["samples_file"], allow_pickle=False) as data:
+        kept = record["final"]["diagnostics"]["steps"] // 4
+        assert data["positions"].shape == (kept, 16, 2)
+        assert data["energies"].shape == (kept, 16)
+
+
+def test_a_killed_run_resumes_and_finishes_every_cell_exactly_once(tmp_path):
+    """SIGKILL mid-run (no chance to clean up), then run again: every finished record is
+    kept byte for byte, the rest are added, nothing is half-written."""
+    seeds = list(range(6))
+    path = tmp_path / "m.toml"
+    path.write_text(f'seeds = {seeds}\n[budget]\nmax_evals = 2_000_000\nn_snapshots = 5\n'
+                    '[[systems]]\nname = "double_well"\n[[samplers]]\nname = "mc"\n')
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "boltzbench.cli", "run", str(path), "--out", str(out), "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = out / "records"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(records.glob("*.json"))) < 2:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = {p.name: p.read_bytes() for p in records.glob("*.json")}
+    assert 2 <= len(before) < len(seeds), "the run was not interrupted part-way"
+    for blob in before.values():
+        assert json.loads(blob)["status"] == "ok"
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(before)} already finished" in result.stdout
+    after = {p.name: p.read_bytes() for p in records.glob("*.json")}
+    assert len(after) == len(seeds)
+    assert sorted(json.loads(b)["seed"] for b in after.values()) == seeds
+    assert all(after[name] == blob for name, blob in before.items())
+    assert not list(records.glob(".*.tmp"))
