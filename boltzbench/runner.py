@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import sys
 import traceback
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -181,7 +182,9 @@ def run_matrix(matrix: Matrix, out: str | Path, *, progress: bool = True,
     todo = [cell for cell in cells if not store.is_done(cell.cell_id, retry_failed)]
     info = {"name": matrix.name, "baseline": matrix.baseline, "source": matrix.source}
     ok = failed = 0
+    interactive = sys.stderr.isatty()
     bar = tqdm(total=len(todo), disable=not progress, unit="cell", dynamic_ncols=True,
+               mininterval=0.2 if interactive else 10.0,
                bar_format="{l_bar}{bar}| {n:.1f}/{total} cells [{elapsed}<{remaining}]{postfix}")
     with bar:
         for cell in todo:
