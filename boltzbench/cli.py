@@ -76,6 +76,12 @@ def _param_line(field: dataclasses.Field, hint: typing.Any) -> str:
     return f"      {field.name} ({kind}, default {field.default!r}): {field.metadata.get('help', '')}"
 
 
+def _summary(obj: typing.Any) -> str:
+    """A component's one-line description: its ``description``, else its docstring's first line."""
+    text = getattr(obj, "description", None) or (obj.__doc__ or "").strip()
+    return text.splitlines()[0] if text else "(no description)"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     kinds = ("systems", "samplers", "metrics")
     for kind in args.kinds:
@@ -91,10 +97,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             except PluginError as exc:
                 print(f"  {name}  [broken plugin] {exc}")
                 continue
+            print(f"  {name}  {_summary(obj)}")
             if kind == "metrics":
-                print(f"  {name}  {(obj.__doc__ or '').strip().splitlines()[0]}")
                 continue
-            print(f"  {name}  {obj.description}")
             hints = typing.get_type_hints(obj)
             for field in obj.parameters():
                 print(_param_line(field, hints[field.name]))

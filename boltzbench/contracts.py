@@ -19,6 +19,7 @@ Conventions fixed here, once:
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -160,8 +161,10 @@ class Budget:
                 "set max_evals and/or max_wall_s")
         for name in ("max_evals", "max_wall_s"):
             value = getattr(self, name)
-            require(value is None or value > 0, f"budget.{name}", f"must be > 0, got {value}")
-        require(self.n_snapshots >= 1, "budget.n_snapshots", f"must be >= 1, got {self.n_snapshots}")
+            require(value is None or 0 < value < math.inf, f"budget.{name}",
+                    f"must be a finite number > 0, got {value}")
+        require(isinstance(self.n_snapshots, int) and self.n_snapshots >= 1, "budget.n_snapshots",
+                f"must be an integer >= 1, got {self.n_snapshots!r}")
 
     def used(self, ledger: CostLedger) -> float:
         """Fraction of the budget spent (the largest over the caps that are set)."""

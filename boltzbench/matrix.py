@@ -125,9 +125,9 @@ def load_matrix(path: str | Path) -> Matrix:
     if not path.is_file():
         raise MatrixError("path", "no such file", source)
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise MatrixError("toml", f"not valid TOML: {exc}", source) from None
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise MatrixError("toml", f"not valid TOML (UTF-8): {exc}", source) from None
     return parse_matrix(data, source=source, default_name=path.stem)
 
 

@@ -10,6 +10,7 @@ local ``"module:attr"`` directly, for development.
 from __future__ import annotations
 
 import importlib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -133,6 +134,8 @@ def build(cls: type[Configurable], params: dict[str, Any]) -> Configurable:
             raise ParameterError(key, f"unknown parameter of {cls.name!r}; valid: {', '.join(fields) or 'none'}")
         if not _type_ok(value, hints[key]):
             raise ParameterError(key, f"expected {getattr(hints[key], '__name__', hints[key])}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ParameterError(key, f"must be finite, got {value!r}")
     coerced = {k: float(v) if hints[k] is float else v for k, v in params.items()}
     return cls(**coerced)
 

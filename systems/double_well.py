@@ -55,6 +55,7 @@ class DoubleWell(System):
         require(self.a > 0, "a", f"must be > 0 for a bound density, got {self.a}")
         require(self.d > 0, "d", f"must be > 0 for a bound density, got {self.d}")
         require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        self.minima()  # raises for parameters with a single well
 
     @property
     def dof(self) -> int:

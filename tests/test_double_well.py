@@ -85,7 +85,6 @@ def test_initial_configurations_sit_in_both_wells(generator):
     assert 0.4 < float((x[:, 0] > 0).double().mean()) < 0.6
 
 
-def test_single_well_parameters_are_rejected():
-    system = get_system("double_well", b=-1.0)
-    with pytest.raises(ValueError, match="single well"):
-        system.minima()
+def test_single_well_parameters_are_rejected_at_construction():
+    with pytest.raises(ValueError, match="b: .*single well"):
+        get_system("double_well", b=-1.0)

@@ -302,13 +302,10 @@ def test_cli_report_without_records(tmp_path, capsys):
     assert not (tmp_path / "missing").exists()
 
 
-# ------------------------------------------------------------------ known validation gaps
-# Bad input that is currently accepted or crashes; strict xfail, so fixing the bug turns
-# these into failures that ask for the marker to be removed.
+# ------------------------------------------------------------------ found by review
+# Bad input that once crashed or was accepted.
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="load_matrix reads with read_text() and catches only TOMLDecodeError")
 def test_non_utf8_matrix_is_bad_input(tmp_path, capsys):
     path = tmp_path / "bad.toml"
     path.write_bytes(b"\xff\xfe seeds = [0]\n")
@@ -316,29 +313,30 @@ def test_non_utf8_matrix_is_bad_input(tmp_path, capsys):
     assert "toml" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="Budget.n_snapshots is not checked to be an integer")
 def test_fractional_n_snapshots_is_rejected():
     with pytest.raises(MatrixError) as info:
         parse_matrix(base(budget={"max_evals": 1000, "n_snapshots": 2.5}))
     assert info.value.field == "budget.n_snapshots"
 
 
-@pytest.mark.xfail(strict=True, reason="max_evals = inf passes `> 0`; a run with only that cap never ends")
 def test_infinite_budget_is_rejected():
     with pytest.raises(MatrixError) as info:
         parse_matrix(base(budget={"max_evals": float("inf")}))
     assert info.value.field == "budget.max_evals"
 
 
-@pytest.mark.xfail(strict=True, reason="DoubleWell checks for two wells only in minima(), at run time")
+def test_infinite_sampler_parameter_is_rejected():
+    with pytest.raises(MatrixError) as info:
+        parse_matrix(base(samplers=[{"name": "md", "params": {"dt": float("inf")}}]))
+    assert info.value.field == "samplers[0].params.dt" and "finite" in info.value.message
+
+
 def test_single_well_parameters_are_rejected():
     with pytest.raises(MatrixError) as info:
         parse_matrix(base(systems=[{"name": "double_well", "params": {"b": -6.0}}]))
     assert info.value.field == "systems[0].params.b"
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError,
-                   reason="cmd_list takes splitlines()[0] of a metric's docstring, which may be empty")
 def test_list_survives_a_metric_without_docstring(tmp_path, monkeypatch, capsys):
     (tmp_path / "nodoc_metric_plugin.py").write_text(
         textwrap.dedent("""\
