@@ -1,12 +1,26 @@
-"""What every chain sampler shares: keeping a thinned trace and turning it into snapshots."""
+"""What every chain sampler shares: its chain parameters, and a thinned trace that turns
+into snapshots."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from boltzbench.contracts import CostLedger, Snapshot
+from boltzbench.contracts import CostLedger, Sampler, Snapshot, param, require
+
+
+@dataclass
+class ChainSampler(Sampler):
+    """Base of samplers that run ``n_chains`` independent chains batched in one tensor."""
+
+    n_chains: int = param(64, "independent chains run together, batched")
+    thin: int = param(10, "keep one sample every `thin` steps")
+
+    def __post_init__(self) -> None:
+        require(self.n_chains >= 1, "n_chains", f"must be >= 1, got {self.n_chains}")
+        require(self.thin >= 1, "thin", f"must be >= 1, got {self.thin}")
 
 
 class ChainTrace:

@@ -13,8 +13,8 @@ from typing import ClassVar, Iterator
 
 import torch
 
-from boltzbench.contracts import Budget, Sampler, Snapshot, System, param, require
-from boltzbench.samplers.chains import ChainTrace
+from boltzbench.contracts import Budget, Snapshot, System, param, require
+from boltzbench.samplers.chains import ChainSampler, ChainTrace
 
 
 def metropolis_step(x, u, system: System, step: float, generator: torch.Generator):
@@ -29,20 +29,17 @@ def metropolis_step(x, u, system: System, step: float, generator: torch.Generato
 
 
 @dataclass
-class MetropolisMC(Sampler):
+class MetropolisMC(ChainSampler):
     """Random-walk Metropolis with Gaussian proposals, independent chains batched."""
 
     name: ClassVar[str] = "mc"
     description: ClassVar[str] = "random-walk Metropolis MC, Gaussian whole-configuration moves"
 
     step: float = param(0.1, "proposal standard deviation σ per degree of freedom")
-    n_chains: int = param(64, "independent chains run together")
-    thin: int = param(10, "keep one sample every `thin` steps")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(self.step > 0, "step", f"must be > 0, got {self.step}")
-        require(self.n_chains >= 1, "n_chains", f"must be >= 1, got {self.n_chains}")
-        require(self.thin >= 1, "thin", f"must be >= 1, got {self.thin}")
 
     def run(self, system: System, budget: Budget, generator: torch.Generator) -> Iterator[Snapshot]:
         ledger, schedule, trace = system.ledger, budget.schedule(), ChainTrace(self.thin)

@@ -16,8 +16,8 @@ from typing import ClassVar, Iterator
 
 import torch
 
-from boltzbench.contracts import Budget, Sampler, Snapshot, System, param, require
-from boltzbench.samplers.chains import ChainTrace
+from boltzbench.contracts import Budget, Snapshot, System, param, require
+from boltzbench.samplers.chains import ChainSampler, ChainTrace
 
 
 def baoab_step(x, v, f, system: System, dt: float, friction: float, mass: float,
@@ -35,7 +35,7 @@ def baoab_step(x, v, f, system: System, dt: float, friction: float, mass: float,
 
 
 @dataclass
-class LangevinMD(Sampler):
+class LangevinMD(ChainSampler):
     """Underdamped Langevin dynamics (BAOAB), independent chains batched."""
 
     name: ClassVar[str] = "md"
@@ -44,15 +44,12 @@ class LangevinMD(Sampler):
     dt: float = param(0.01, "time step, in the system's reduced time unit")
     friction: float = param(1.0, "Langevin friction γ (inverse time)")
     mass: float = param(1.0, "mass of every degree of freedom")
-    n_chains: int = param(64, "independent chains integrated together")
-    thin: int = param(10, "keep one sample every `thin` steps")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(self.dt > 0, "dt", f"must be > 0, got {self.dt}")
         require(self.friction > 0, "friction", f"must be > 0, got {self.friction}")
         require(self.mass > 0, "mass", f"must be > 0, got {self.mass}")
-        require(self.n_chains >= 1, "n_chains", f"must be >= 1, got {self.n_chains}")
-        require(self.thin >= 1, "thin", f"must be >= 1, got {self.thin}")
 
     def run(self, system: System, budget: Budget, generator: torch.Generator) -> Iterator[Snapshot]:
         ledger, schedule, trace = system.ledger, budget.schedule(), ChainTrace(self.thin)
