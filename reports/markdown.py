@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from boltzbench.reports.plots import plot_curves
 from boltzbench.store import Store
 
 
@@ -42,7 +43,9 @@ def _mean_std(values: list[float | None]) -> str:
     return text
 
 
-def render_markdown(records: list[dict[str, Any]], title: str = "boltzbench report") -> str:
+def render_markdown(records: list[dict[str, Any]], title: str = "boltzbench report",
+                    figures: dict[str, str] | None = None) -> str:
+    """The report's Markdown; ``figures`` maps a system label to its curve image's path."""
     ok = [r for r in records if r["status"] == "ok"]
     failed = [r for r in records if r["status"] != "ok"]
     matrices = sorted({r.get("matrix", {}).get("name", "?") for r in records})
@@ -72,6 +75,8 @@ def render_markdown(records: list[dict[str, Any]], title: str = "boltzbench repo
             rows.append([sampler, len(runs), _mean_std([r["cost"]["total_evals"] for r in runs]),
                          _mean_std([r["cost"]["total_wall_s"] for r in runs])]
                         + [_mean_std([r["final"]["metrics"].get(m) for r in runs]) for m in metrics])
+        if figures and label in figures:
+            lines += [f"![accuracy versus cost, {label}]({figures[label]})", ""]
         lines += ["### Final metrics over seeds", ""]
         lines += _table(["sampler", "seeds", "evals", "wall s"] + metrics, rows) + [""]
         rows = [[r["sampler"]["label"], r["seed"], r["cost"]["total_evals"], r["cost"]["total_wall_s"]]
@@ -103,5 +108,11 @@ def write_report(results: str | Path, out: str | Path | None = None) -> Path:
         raise FileNotFoundError(f"no records in {Path(results) / 'records'}: run a matrix first")
     path = Path(out) if out is not None else Path(results) / "report" / "report.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_markdown(records))
+    by_system: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        if record["status"] == "ok":
+            by_system[record["system"]["label"]].append(record)
+    figures = {label: plot_curves(group, path.parent / f"curves-{label}.png").name
+               for label, group in by_system.items()}
+    path.write_text(render_markdown(records, figures=figures))
     return path

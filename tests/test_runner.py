@@ -133,3 +133,31 @@ def test_a_killed_run_resumes_and_finishes_every_cell_exactly_once(tmp_path):
     assert sorted(json.loads(b)["seed"] for b in after.values()) == seeds
     assert all(after[name] == blob for name, blob in before.items())
     assert not list(records.glob(".*.tmp"))
+
+
+def test_ctrl_c_keeps_finished_cells_and_exits_130(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "boltzbench.cli", "run", "--out", str(out), "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "records").glob("*.json")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "run the same command again to resume" in output
+    finished = list((out / "records").glob("*.json"))
+    assert 1 <= len(finished) < 4
+    assert all(json.loads(p.read_text())["status"] == "ok" for p in finished)
+    assert not list((out / "records").glob(".*.tmp"))
+
+
+def test_report_has_tables_and_a_curve_figure(tmp_path):
+    matrix = parse_matrix(matrix_dict([("md", "md", {"n_chains": 16}), ("mc", "mc", {"n_chains": 16})]))
+    run_matrix(matrix, tmp_path, progress=False)
+    report = write_report(tmp_path)
+    text = report.read_text()
+    assert "| md | 2 |" in text and "| mc | 2 |" in text
+    assert "![accuracy versus cost, double_well](curves-double_well.png)" in text
+    assert (report.parent / "curves-double_well.png").stat().st_size > 10_000
