@@ -231,7 +231,8 @@ class Samples:
     """The NumPy view of a snapshot that metrics read: pure data, no torch, no system.
 
     ``observables`` and ``states`` (metastable-state labels, −1 for none) have the same
-    (T, C) leading shape as ``energies``.
+    (T, C) leading shape as ``energies``; an observable may have trailing dimensions
+    (for example (T, C, n_pairs) pair distances).
     """
 
     positions: np.ndarray
@@ -251,6 +252,24 @@ class Samples:
         log_w = self.log_weights.reshape(-1)
         w = np.exp(log_w - log_w.max())
         return w / w.sum()
+
+
+@dataclass
+class OpenMMTwin:
+    """The same system as an OpenMM ``System``, with the map between the two unit systems.
+
+    Positions: x_nm = x · ``nm_per_unit``. Energies: U_kJ/mol = u · ``kj_per_mol_per_kt``
+    (u is the reduced energy of the contract). Lennard-Jones reduced units map exactly onto
+    OpenMM's with σ = 1 nm, ε = 1 kJ/mol, m = 1 amu (then τ = 1 ps and kT = T kJ/mol).
+    ``temperature_kelvin`` is the target temperature for OpenMM integrators.
+    ``box_nm`` holds the periodic box edges, ``None`` for an open system.
+    """
+
+    system: Any  # openmm.System
+    nm_per_unit: float
+    kj_per_mol_per_kt: float
+    temperature_kelvin: float
+    box_nm: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -333,12 +352,16 @@ class System(Configurable, ABC):
 
     # analysis ----------------------------------------------------------------------
     def observables(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Named per-configuration observables, each (B,). Not charged: this is analysis."""
+        """Named per-configuration observables, each (B,) or (B, k). Not charged: analysis."""
         return {}
 
     def state_of(self, x: torch.Tensor) -> torch.Tensor:
         """Metastable-state label of each configuration (index into ``states``; −1: none)."""
         return torch.full((x.shape[0],), -1, dtype=torch.long)
+
+    def openmm_twin(self) -> OpenMMTwin:
+        """This system as an OpenMM ``System`` (for cross-checks and the OpenMM MD backend)."""
+        raise NotImplementedError(f"system {self.name!r} has no OpenMM twin")
 
     @abstractmethod
     def sample_initial(self, n: int, generator: torch.Generator) -> torch.Tensor:

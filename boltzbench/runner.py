@@ -57,7 +57,8 @@ def to_samples(snapshot: Snapshot, system: System) -> Samples:
     positions = snapshot.positions
     lead = positions.shape[:2]
     flat = positions.reshape(-1, positions.shape[-1])
-    observables = {k: v.reshape(lead).detach().cpu().numpy() for k, v in system.observables(flat).items()}
+    observables = {k: v.reshape(*lead, *v.shape[1:]).detach().cpu().numpy()
+                   for k, v in system.observables(flat).items()}
     return Samples(
         positions=positions.detach().cpu().numpy(),
         energies=snapshot.energies.detach().cpu().numpy(),
