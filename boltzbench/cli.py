@@ -46,12 +46,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from boltzbench.reports.markdown import write_report
-    from boltzbench.runner import run_matrix
+    from boltzbench.runner import check_scheduler, run_matrix
 
     matrix = _load(args.matrix)
+    check_scheduler(args.scheduler)
+    for name in ("workers", "cell_timeout"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')}: must be > 0, got {value}")
     out = Path(args.out) if args.out else Path("boltzbench-results") / matrix.name
     print(f"{_describe(matrix)}\nresults: {out}", file=sys.stderr)
-    summary = run_matrix(matrix, out, progress=not args.no_progress, retry_failed=args.retry_failed)
+    summary = run_matrix(matrix, out, scheduler=args.scheduler, workers=args.workers,
+                         timeout_s=args.cell_timeout, progress=not args.no_progress,
+                         retry_failed=args.retry_failed)
     print(f"{summary.ok + summary.failed} cells run ({summary.ok} ok, {summary.failed} failed), "
           f"{summary.skipped} already finished")
     print(f"records: {out / 'records'}")
@@ -61,13 +68,33 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from boltzbench.reports.markdown import write_report
+    """Exit 0, or 1 for a regression with --fail-on-regression, or 2 for bad input."""
+    from boltzbench.metrics.speedup import parse_target
+    from boltzbench.reports.build import ReportOptions
+    from boltzbench.reports.markdown import NoRecords, generate_report
 
-    if not (Path(args.results) / "records").is_dir():
-        print(f"error: {args.results}: no records/ folder here; give the --out folder of a run",
-              file=sys.stderr)
+    for name, folder in (("results", args.results), ("--baseline", args.baseline)):
+        if folder is not None and not (Path(folder) / "records").is_dir():
+            print(f"error: {name} {folder}: no records/ folder here; give the --out folder of a run",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+    options = ReportOptions(speedup_metric=args.speedup_metric, target=parse_target(args.target))
+    try:
+        outcome = generate_report(args.results, args.out, baseline=args.baseline, options=options)
+    except NoRecords as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"report: {write_report(args.results, args.out)}")
+    for problem in outcome.problems:
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    print(f"report: {outcome.markdown}\nhtml:   {outcome.html}")
+    if args.baseline is not None:
+        regressions = outcome.regressions
+        print(f"against {args.baseline}: {len(regressions)} regressions, "
+              f"{len(outcome.changes) - len(regressions)} other changes")
+        for change in regressions:
+            print(f"  regression: {change.system} × {change.sampler}: {change.metric}")
+        if regressions and args.fail_on_regression:
+            return EXIT_FAILED_CELLS
     return EXIT_OK
 
 
@@ -119,7 +146,15 @@ def parser() -> argparse.ArgumentParser:
                                      "again after an interruption.")
     run.add_argument("matrix", nargs="?", help="matrix TOML file (default: built-in quick.toml)")
     run.add_argument("--out", help="results folder (default: boltzbench-results/<matrix name>)")
-    run.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    run.add_argument("--scheduler", default="local", metavar="WHERE",
+                     help="where cells run: local (default; a Dask LocalCluster of worker processes), "
+                          "serial (one after the other in this process), or the address of a running "
+                          "Dask scheduler such as tcp://host:8786")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="workers of the local cluster (default: one per CPU core)")
+    run.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                     help="wall-clock limit per cell; a cell that reaches it is recorded as timeout")
+    run.add_argument("--retry-failed", action="store_true", help="run failed and timed-out cells again")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-report", action="store_true", help="do not write the report")
     run.set_defaults(func=cmd_run)
@@ -133,9 +168,22 @@ def parser() -> argparse.ArgumentParser:
                      help="systems, samplers and/or metrics (default: all)")
     lst.set_defaults(func=cmd_list)
 
-    report = sub.add_parser("report", help="write a Markdown report of a results folder")
+    report = sub.add_parser("report", help="write a Markdown and an HTML report of a results folder",
+                            description="Write report.md (figures as PNG files beside it) and a "
+                                        "self-contained index.html. Exit codes: 0 ok, 1 a regression "
+                                        "with --fail-on-regression, 2 bad input (no records).")
     report.add_argument("results", help="the --out folder of a run (holds records/)")
-    report.add_argument("--out", help="report path (default: RESULTS/report/report.md)")
+    report.add_argument("--out", help="report path (default: RESULTS/report/report.md); index.html goes beside it")
+    report.add_argument("--baseline", metavar="DIR",
+                        help="another results folder: add a section on what changed against it")
+    report.add_argument("--fail-on-regression", action="store_true",
+                        help="exit 1 when a metric got worse beyond both runs' intervals (needs --baseline)")
+    report.add_argument("--speedup-metric", metavar="METRIC",
+                        help="metric whose target speedups are measured at (default: energy_w1, else "
+                             "mean_energy_error, else the first error metric)")
+    report.add_argument("--target", metavar="EPS",
+                        help="speedup target: a number, or median_final (default: median over samplers of "
+                             "the final value), baseline_final, baseline_initial:F")
     report.set_defaults(func=cmd_report)
     return top
 
@@ -144,8 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except MatrixError as exc:
+    except (MatrixError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        if type(exc).__name__ != "SchedulerError":
+            raise
+        print(f"error: --scheduler: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("\ninterrupted: finished cells are kept; run the same command again to resume",

@@ -86,13 +86,19 @@ class CostLedger:
 
     The wall clock runs only between :meth:`start` and :meth:`stop` (the runner stops it
     while it computes metrics, so analysis is never charged to the sampler).
+    ``deadline`` (a ``time.monotonic()`` value) is the runner's per-cell timeout: once it
+    has passed, every budget counts as exhausted, so samplers stop at their next check.
     """
 
     def __init__(self) -> None:
         self.sampling = Cost()
         self.setup = Cost()
+        self.deadline: float | None = None
         self._in_setup = False
         self._since: float | None = None
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def charge(self, energy: float = 0, forces: float = 0) -> None:
         bucket = self.setup if self._in_setup else self.sampling
@@ -176,7 +182,7 @@ class Budget:
         return max(fractions)
 
     def exhausted(self, ledger: CostLedger) -> bool:
-        return self.used(ledger) >= 1.0
+        return self.used(ledger) >= 1.0 or ledger.past_deadline()
 
     def schedule(self) -> "SnapshotSchedule":
         return SnapshotSchedule(self)

@@ -13,7 +13,9 @@ import datetime as dt
 import os
 import platform
 import sys
+import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -100,14 +102,49 @@ def make_cell(system: str, sampler: str, *, seed: int = 0, budget: Budget | None
     )
 
 
-def run_cell(cell: Cell, *, matrix: dict[str, Any] | None = None,
+def _record(cell: Cell, matrix: dict[str, Any] | None, *, status: str, error: str | None,
+            cost: dict[str, Any], curve: list, final: dict[str, Any], reference: Any,
+            started: dt.datetime) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "cell_id": cell.cell_id,
+        "status": status,
+        "error": error,
+        **cell.spec(),
+        "matrix": matrix or {},
+        "cost": cost,
+        "curve": curve,
+        "final": final,
+        "reference": None if reference is None else {"exact": reference.exact,
+                                                     "provenance": reference.provenance},
+        "env": environment(),
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def failed_record(cell: Cell, matrix: dict[str, Any] | None, error: str) -> dict[str, Any]:
+    """The record of a cell that died outside ``run_cell`` (for example with its worker)."""
+    return _record(cell, matrix, status="failed", error=error, cost={}, curve=[],
+                   final={"metrics": {}, "diagnostics": {}}, reference=None,
+                   started=dt.datetime.now(dt.timezone.utc))
+
+
+def run_cell(cell: Cell, *, matrix: dict[str, Any] | None = None, timeout_s: float | None = None,
              on_progress: Callable[[float], None] | None = None) -> CellOutcome:
-    """Run one cell to its budget; never raises for a failure inside the cell."""
+    """Run one cell to its budget; never raises for a failure inside the cell.
+
+    ``timeout_s`` is a wall-clock limit (metrics included). It is cooperative: the ledger
+    gets a deadline after which every budget counts as exhausted, so the sampler stops at
+    its next step; the cell is then recorded as ``timeout`` with its curve so far.
+    """
     started = dt.datetime.now(dt.timezone.utc)
     system = get_system(cell.system.name, **cell.system.params)
     sampler = get_sampler(cell.sampler.name, **cell.sampler.params)
     metrics = {name: get_metric(name) for name in cell.metrics}
     ledger = system.ledger
+    if timeout_s is not None:
+        ledger.deadline = time.monotonic() + timeout_s
     curve: list[dict[str, Any]] = []
     final: dict[str, Any] = {"metrics": {}, "diagnostics": {}}
     samples, reference, status, error = None, None, "ok", None
@@ -130,28 +167,18 @@ def run_cell(cell: Cell, *, matrix: dict[str, Any] | None = None,
             final = {"metrics": values, "diagnostics": snapshot.diagnostics}
             if on_progress is not None:
                 on_progress(min(cell.budget.used(ledger), 1.0))
-        if not curve:
+        if ledger.past_deadline():
+            status = "timeout"
+            error = (f"per-cell timeout of {timeout_s:g} s reached at cost {ledger.total_evals:.4g} "
+                     f"({100 * cell.budget.used(ledger):.0f} % of the budget); the curve so far is kept")
+        elif not curve:
             raise RuntimeError(f"sampler {cell.sampler.name!r} yielded no snapshot")
     except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the matrix
         status = "failed"
         where = traceback.extract_tb(exc.__traceback__)[-1]
         error = f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
-    record = {
-        "schema": SCHEMA,
-        "cell_id": cell.cell_id,
-        "status": status,
-        "error": error,
-        **cell.spec(),
-        "matrix": matrix or {},
-        "cost": ledger.as_dict(),
-        "curve": curve,
-        "final": final,
-        "reference": None if reference is None else {"exact": reference.exact,
-                                                     "provenance": reference.provenance},
-        "env": environment(),
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    record = _record(cell, matrix, status=status, error=error, cost=ledger.as_dict(), curve=curve,
+                     final=final, reference=reference, started=started)
     return CellOutcome(record, samples if status == "ok" else None)
 
 
@@ -169,41 +196,83 @@ class RunSummary:
     cells: int
     skipped: int
     ok: int
-    failed: int
+    failed: int  # failed or timed out
 
 
-def run_matrix(matrix: Matrix, out: str | Path, *, progress: bool = True,
-               retry_failed: bool = False) -> RunSummary:
-    """Run every cell of ``matrix`` not yet finished in ``out``; resumable at any point."""
-    from tqdm.auto import tqdm
+SCHEDULER_HELP = "serial (in this process), local (a Dask LocalCluster) or a Dask address such as tcp://host:8786"
 
+
+def check_scheduler(scheduler: str) -> None:
+    if scheduler not in ("serial", "local") and "://" not in scheduler:
+        raise ValueError(f"--scheduler: unknown scheduler {scheduler!r}; valid choices: {SCHEDULER_HELP}")
+
+
+def run_matrix(matrix: Matrix, out: str | Path, *, scheduler: str = "serial", workers: int | None = None,
+               timeout_s: float | None = None, progress: bool = True, retry_failed: bool = False) -> RunSummary:
+    """Run every cell of ``matrix`` not yet finished in ``out``; resumable at any point.
+
+    ``scheduler``: "serial" runs cells one after the other in this process; "local" or a
+    Dask address runs one Dask task per cell (see :mod:`boltzbench.distributed`). A
+    scheduler that cannot be reached raises before anything is written.
+    """
+    check_scheduler(scheduler)
     store = Store(out)
-    store.remove_partial()
     cells = matrix.cells()
     todo = [cell for cell in cells if not store.is_done(cell.cell_id, retry_failed)]
     info = {"name": matrix.name, "baseline": matrix.baseline, "source": matrix.source}
-    ok = failed = 0
-    interactive = sys.stderr.isatty()
-    bar = tqdm(total=len(todo), disable=not progress, unit="cell", dynamic_ncols=True,
-               mininterval=0.2 if interactive else 10.0,
-               bar_format="{l_bar}{bar}| {n:.1f}/{total} cells [{elapsed}<{remaining}]{postfix}")
-    with bar:
-        for cell in todo:
-            bar.set_postfix_str(str(cell))
-            start, done = bar.n, 0.0
-
-            def advance(fraction: float) -> None:
-                nonlocal done
-                bar.update(fraction - done)
-                done = fraction
-
-            outcome = run_cell(cell, matrix=info, on_progress=advance)
+    counts = {"ok": 0, "failed": 0}
+    with _progress_bar(len(todo), progress) as bar, _executor(scheduler, workers, bar) as execute:
+        store.remove_partial()
+        for cell, outcome in execute(todo, info, timeout_s):
             keep = matrix.keep_samples and outcome.samples is not None
             store.write(outcome.record, sample_arrays(outcome.samples) if keep else None)
-            bar.update(start + 1 - bar.n)
-            if outcome.record["status"] == "ok":
-                ok += 1
-            else:
-                failed += 1
-                bar.write(f"cell {cell} failed: {outcome.record['error']}")
-    return RunSummary(Path(out), len(cells), len(cells) - len(todo), ok, failed)
+            ok = outcome.record["status"] == "ok"
+            counts["ok" if ok else "failed"] += 1
+            if not ok:
+                bar.write(f"cell {cell} {outcome.record['status']}: {outcome.record['error']}")
+            bar.set_postfix_str(f"{counts['failed']} failed" if counts["failed"] else "")
+    return RunSummary(Path(out), len(cells), len(cells) - len(todo), counts["ok"], counts["failed"])
+
+
+@contextmanager
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    interactive = sys.stderr.isatty()
+    with tqdm(total=total, disable=not enabled, unit="cell", dynamic_ncols=True,
+              mininterval=0.2 if interactive else 10.0,
+              bar_format="{l_bar}{bar}| {n:.1f}/{total} cells [{elapsed}<{remaining}]{postfix}") as bar:
+        yield bar
+
+
+@contextmanager
+def _executor(scheduler: str, workers: int | None, bar):
+    """A function (cells, matrix, timeout) → iterator of (cell, outcome), moving the bar."""
+    if scheduler == "serial":
+        def execute(cells, info, timeout_s):
+            for cell in cells:
+                bar.set_description_str(str(cell))
+                start, done = bar.n, 0.0
+
+                def advance(fraction: float) -> None:
+                    nonlocal done
+                    bar.update(fraction - done)
+                    done = fraction
+
+                outcome = run_cell(cell, matrix=info, timeout_s=timeout_s, on_progress=advance)
+                bar.update(start + 1 - bar.n)
+                yield cell, outcome
+        yield execute
+        return
+
+    from boltzbench.distributed import dask_client, run_cells
+
+    with dask_client(scheduler, workers) as client:
+        n_workers = len(client.scheduler_info()["workers"])
+        bar.set_description_str(f"{n_workers} Dask workers")
+
+        def execute(cells, info, timeout_s):
+            for cell, outcome in run_cells(client, cells, info, timeout_s):
+                bar.update(1)
+                yield cell, outcome
+        yield execute

@@ -80,7 +80,7 @@ def test_cli_exit_code_says_some_cells_failed(tmp_path):
     path = tmp_path / "m.toml"
     path.write_text('seeds = [0]\n[budget]\nmax_evals = 3000\n[[systems]]\nname = "double_well"\n'
                     '[[samplers]]\nname = "md"\nparams = { dt = 5.0, n_chains = 8 }\n')
-    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress", "--scheduler", "serial"]) == 1
     assert (tmp_path / "out" / "report" / "report.md").is_file()
 
 
@@ -112,7 +112,8 @@ def test_a_killed_run_resumes_and_finishes_every_cell_exactly_once(tmp_path):
     path.write_text(f'seeds = {seeds}\n[budget]\nmax_evals = 2_000_000\nn_snapshots = 5\n'
                     '[[systems]]\nname = "double_well"\n[[samplers]]\nname = "mc"\n')
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "boltzbench.cli", "run", str(path), "--out", str(out), "--no-progress"]
+    command = [sys.executable, "-m", "boltzbench.cli", "run", str(path), "--out", str(out), "--no-progress",
+               "--scheduler", "serial"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     records = out / "records"
     deadline = time.time() + 120
@@ -136,6 +137,7 @@ def test_a_killed_run_resumes_and_finishes_every_cell_exactly_once(tmp_path):
 
 
 def test_ctrl_c_keeps_finished_cells_and_exits_130(tmp_path):
+    """With the default scheduler (a Dask LocalCluster): Ctrl-C closes the cluster cleanly."""
     out = tmp_path / "out"
     command = [sys.executable, "-m", "boltzbench.cli", "run", "--out", str(out), "--no-progress"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
