@@ -273,6 +273,8 @@ def _executor(scheduler: str, workers: int | None, bar):
 
         def execute(cells, info, timeout_s):
             for cell, outcome in run_cells(client, cells, info, timeout_s):
+                running = sum(len(tasks) for tasks in client.processing().values())
+                bar.set_description_str(f"{n_workers} Dask workers, {running} cells running")
                 bar.update(1)
                 yield cell, outcome
         yield execute
