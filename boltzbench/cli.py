@@ -98,6 +98,53 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _parse_params(pairs: list[str]) -> dict[str, typing.Any]:
+    """``["temperature=2", "n=43"]`` → ``{"temperature": 2, "n": 43}`` (JSON values, else strings)."""
+    import json
+
+    params = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param: expected NAME=VALUE, got {pair!r}")
+        try:
+            params[key] = json.loads(text)
+        except json.JSONDecodeError:
+            params[key] = text
+    return params
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    from boltzbench.contracts import ParameterError
+    from boltzbench.registry import UnknownName, get_system
+    from boltzbench.systems.references import ReferenceMissing, build_reference
+
+    try:
+        system = get_system(args.system, **_parse_params(args.param))
+    except (UnknownName, PluginError) as exc:
+        raise ValueError(f"SYSTEM: {exc}") from None
+    except ParameterError as exc:
+        raise ValueError(f"--param {exc.field}: {exc.message}") from None
+    if args.action == "show":
+        try:
+            reference = system.reference()
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED_CELLS
+        import json
+
+        print(json.dumps({"exact": reference.exact, "samples": len(reference.energies),
+                          "provenance": reference.provenance}, indent=1, default=str))
+        return EXIT_OK
+    try:
+        path = build_reference(system, seed=args.seed, out=args.out, max_evals=args.max_evals,
+                               progress=not args.no_progress)
+    except ReferenceMissing as exc:
+        raise ValueError(f"SYSTEM: {exc}") from None
+    print(f"reference: {path}")
+    return EXIT_OK
+
+
 def _param_line(field: dataclasses.Field, hint: typing.Any) -> str:
     kind = getattr(hint, "__name__", str(hint))
     return f"      {field.name} ({kind}, default {field.default!r}): {field.metadata.get('help', '')}"
@@ -167,6 +214,21 @@ def parser() -> argparse.ArgumentParser:
     lst.add_argument("kinds", nargs="*", metavar="KIND",
                      help="systems, samplers and/or metrics (default: all)")
     lst.set_defaults(func=cmd_list)
+
+    reference = sub.add_parser("reference", help="build or show the reference data of a system",
+                               description="build: run the system's reference recipe (a long run of a "
+                                           "registered sampler) and store samples with provenance; "
+                                           "show: print the reference that system.reference() finds.")
+    reference.add_argument("action", choices=("build", "show"))
+    reference.add_argument("system", help="registered system name (see `boltzbench list systems`)")
+    reference.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                           help="a system parameter (repeatable), e.g. --param temperature=0.5")
+    reference.add_argument("--seed", type=int, default=0, help="seed of the reference run")
+    reference.add_argument("--max-evals", type=float, help="override the recipe's budget")
+    reference.add_argument("--out", help="folder (default: $BOLTZBENCH_REFERENCES or "
+                                         "~/.cache/boltzbench/references)")
+    reference.add_argument("--no-progress", action="store_true")
+    reference.set_defaults(func=cmd_reference)
 
     report = sub.add_parser("report", help="write a Markdown and an HTML report of a results folder",
                             description="Write report.md (figures as PNG files beside it) and a "

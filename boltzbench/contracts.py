@@ -313,6 +313,9 @@ class System(Configurable, ABC):
     units: ClassVar[str] = "reduced"
     #: Names of the metastable states that :meth:`state_of` labels 0, 1, ...
     states: ClassVar[tuple[str, ...]] = ()
+    #: How ``boltzbench reference build`` makes the reference: {"sampler", "params",
+    #: "max_evals", "n_samples", "burn_in"}; None when the reference is exact.
+    reference_recipe: ClassVar[dict[str, Any] | None] = None
     #: The metrics computed when a matrix does not name any.
     default_metrics: ClassVar[tuple[str, ...]] = ("energy_w1", "mean_energy_error", "ess")
     dtype: ClassVar[torch.dtype] = torch.float64
@@ -373,9 +376,15 @@ class System(Configurable, ABC):
     def sample_initial(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` starting configurations (n, dof): the same start for every sampler."""
 
-    @abstractmethod
     def reference(self) -> Reference:
-        """Reference samples and exact quantities for these parameters, with provenance."""
+        """Reference samples and exact quantities for these parameters, with provenance.
+
+        The default loads the stored reference built by ``boltzbench reference build``
+        (see :mod:`boltzbench.systems.references`) and raises ``LookupError`` without one.
+        """
+        from boltzbench.systems.references import load_reference
+
+        return load_reference(self)
 
 
 class Sampler(Configurable, ABC):

@@ -115,8 +115,8 @@ def _record(cell: Cell, matrix: dict[str, Any] | None, *, status: str, error: st
         "cost": cost,
         "curve": curve,
         "final": final,
-        "reference": None if reference is None else {"exact": reference.exact,
-                                                     "provenance": reference.provenance},
+        "reference": reference if reference is None or isinstance(reference, dict)
+        else {"exact": reference.exact, "provenance": reference.provenance},
         "env": environment(),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -149,7 +149,10 @@ def run_cell(cell: Cell, *, matrix: dict[str, Any] | None = None, timeout_s: flo
     final: dict[str, Any] = {"metrics": {}, "diagnostics": {}}
     samples, reference, status, error = None, None, "ok", None
     try:
-        reference = system.reference()
+        try:
+            reference = system.reference()
+        except LookupError as exc:  # no reference: run anyway, metrics that need one give None
+            reference = {"missing": str(exc)}
         snapshots = sampler.run(system, cell.budget, torch.Generator().manual_seed(cell.seed))
         while True:
             ledger.start()
@@ -161,7 +164,8 @@ def run_cell(cell: Cell, *, matrix: dict[str, Any] | None = None, timeout_s: flo
                 break
             _check_finite(snapshot)
             samples = to_samples(snapshot, system)
-            values = {name: metric(samples, reference) for name, metric in metrics.items()}
+            values = {name: None if isinstance(reference, dict) and getattr(metric, "needs_reference", True)
+                      else metric(samples, reference) for name, metric in metrics.items()}
             curve.append({"cost": snapshot.cost["total_evals"], "wall_s": snapshot.cost["total_wall_s"],
                           "metrics": values})
             final = {"metrics": values, "diagnostics": snapshot.diagnostics}

@@ -1,0 +1,155 @@
+"""Reference data built by long runs: storage, lookup with provenance, and building.
+
+A reference for a system *with given parameters* is two files, ``<key>.npz`` (positions
+as float32, reduced energies as float64) and ``<key>.json`` (provenance: system, params,
+generator sampler and its params, seed, budget, cost, package versions, sample count,
+SHA-256 of the arrays). ``key = <system name>-<first 12 hex of sha256(params)>``.
+
+Lookup order: ``$BOLTZBENCH_REFERENCES`` (default ``~/.cache/boltzbench/references``),
+then the references shipped in the package (``boltzbench/systems/references/``, small
+files for the default parameters). A reference whose recorded parameters or checksum do
+not match is refused; a missing one raises :class:`ReferenceMissing` with the command
+that builds it.
+
+Building (``boltzbench reference build SYSTEM``) runs the system's ``reference_recipe``
+(a registered sampler, its parameters and a budget), discards the first ``burn_in``
+fraction of each chain, resamples weighted samples to unweighted ones (systematic
+resampling), thins to at most ``n_samples`` and writes both files atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from boltzbench.contracts import Budget, Reference, System
+from boltzbench.store import to_jsonable, write_json_atomic, write_npz_atomic
+
+PACKAGED = Path(__file__).parent / "references"
+MAX_POSITION_BYTES = 4_000_000  # keep shipped references to a few MB
+
+
+class ReferenceMissing(LookupError):
+    """No reference for these parameters; the message says how to build one."""
+
+
+def user_reference_dir() -> Path:
+    return Path(os.environ.get("BOLTZBENCH_REFERENCES", Path.home() / ".cache" / "boltzbench" / "references"))
+
+
+def params_digest(params: dict[str, Any]) -> str:
+    blob = json.dumps(to_jsonable(params), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def reference_key(system: System) -> str:
+    return f"{system.name}-{params_digest(system.params())}"
+
+
+def build_command(system: System) -> str:
+    defaults = {f.name: f.default for f in system.parameters()}
+    args = " ".join(f"--param {k}={v}" for k, v in system.params().items() if v != defaults.get(k))
+    return f"boltzbench reference build {system.name} {args}".strip()
+
+
+def _checksum(positions: np.ndarray, energies: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(positions).tobytes())
+    digest.update(np.ascontiguousarray(energies).tobytes())
+    return digest.hexdigest()
+
+
+def load_reference(system: System, folders: list[Path] | None = None) -> Reference:
+    """The stored reference for ``system``'s parameters, checked, with observables."""
+    key = reference_key(system)
+    folders = folders if folders is not None else [user_reference_dir(), PACKAGED]
+    for folder in folders:
+        meta_path, data_path = folder / f"{key}.json", folder / f"{key}.npz"
+        if not (meta_path.is_file() and data_path.is_file()):
+            continue
+        provenance = json.loads(meta_path.read_text())
+        if provenance.get("system") != system.name or provenance.get("params") != to_jsonable(system.params()):
+            raise ReferenceMissing(f"{meta_path} was built for {provenance.get('system')} with params "
+                                   f"{provenance.get('params')}, not {to_jsonable(system.params())}; "
+                                   f"build the right one with: {build_command(system)}")
+        with np.load(data_path, allow_pickle=False) as data:
+            positions, energies = data["positions"], data["energies"]
+        if _checksum(positions, energies) != provenance.get("checksum"):
+            raise ReferenceMissing(f"{data_path} does not match the checksum in {meta_path.name}: "
+                                   f"rebuild it with: {build_command(system)}")
+        x = torch.as_tensor(positions, dtype=system.dtype)
+        observables = {k: v.detach().cpu().numpy().reshape(-1) for k, v in system.observables(x).items()}
+        return Reference(energies=energies, observables=observables, exact={}, cdfs={},
+                         provenance={**provenance, "path": str(meta_path)})
+    others = sorted(p.name for folder in folders if folder.is_dir() for p in folder.glob(f"{system.name}-*.json"))
+    found = f" (found only {', '.join(others)}, built for other parameters)" if others else ""
+    raise ReferenceMissing(f"no reference for {system.name} with params {to_jsonable(system.params())}"
+                           f"{found}; build it with: {build_command(system)}")
+
+
+def _final_samples(snapshot, burn_in: float, n_samples: int, generator: np.random.Generator):
+    """Burn-in, weights resampled away, then thinned to at most n_samples (positions, energies)."""
+    positions, energies = snapshot.positions, snapshot.energies
+    if snapshot.log_weights is None:
+        keep = int(burn_in * positions.shape[0])
+        positions, energies = positions[keep:], energies[keep:]
+    positions = positions.reshape(-1, positions.shape[-1]).double().numpy()
+    energies = energies.reshape(-1).double().numpy()
+    if snapshot.log_weights is not None:
+        log_w = snapshot.log_weights.reshape(-1).double().numpy()
+        w = np.exp(log_w - log_w.max())
+        cumulative = np.cumsum(w / w.sum())
+        picks = np.searchsorted(cumulative, (generator.random() + np.arange(len(w))) / len(w))
+        positions, energies = positions[np.minimum(picks, len(w) - 1)], energies[np.minimum(picks, len(w) - 1)]
+    stride = max(1, int(np.ceil(len(energies) / n_samples)))
+    return positions[::stride], energies[::stride]
+
+
+def build_reference(system: System, seed: int = 0, out: Path | None = None,
+                    max_evals: float | None = None, progress: bool = True) -> Path:
+    """Run ``system.reference_recipe`` and store the result; returns the JSON path."""
+    from boltzbench import __version__
+    from boltzbench.registry import get_sampler
+    from boltzbench.runner import environment
+
+    recipe = dict(system.reference_recipe or {})
+    if not recipe:
+        raise ReferenceMissing(f"{system.name} has no reference recipe (its reference is exact or built in)")
+    sampler = get_sampler(recipe["sampler"], **recipe.get("params", {}))
+    budget = Budget(max_evals=max_evals or recipe["max_evals"], n_snapshots=20)
+    from tqdm.auto import tqdm
+
+    snapshot = None
+    with tqdm(total=1.0, disable=not progress, desc=f"reference {system.name}",
+              bar_format="{l_bar}{bar}| {n:.0%} [{elapsed}<{remaining}]") as bar:
+        system.ledger.start()
+        for snapshot in sampler.run(system, budget, torch.Generator().manual_seed(seed)):
+            bar.update(min(budget.used(system.ledger), 1.0) - bar.n)
+        system.ledger.stop()
+    if snapshot is None or not torch.isfinite(snapshot.energies).all():
+        raise RuntimeError(f"the reference run of {system.name} produced no finite samples")
+    n_samples = recipe.get("n_samples", 20_000)
+    n_samples = min(n_samples, max(100, MAX_POSITION_BYTES // (4 * system.dof)))
+    positions, energies = _final_samples(snapshot, recipe.get("burn_in", 0.2), n_samples,
+                                         np.random.default_rng(seed))
+    positions = positions.astype(np.float32)
+    energies = system._energy(torch.as_tensor(positions, dtype=system.dtype)).double().numpy()
+    folder = Path(out) if out is not None else user_reference_dir()
+    key = reference_key(system)
+    write_npz_atomic(folder / f"{key}.npz", {"positions": positions, "energies": energies})
+    provenance = {
+        "system": system.name, "params": system.params(), "boltzbench": __version__,
+        "generator": {"sampler": recipe["sampler"], "params": sampler.params(), "seed": seed,
+                      "budget": budget.as_dict(), "burn_in": recipe.get("burn_in", 0.2)},
+        "cost": system.ledger.as_dict(), "diagnostics": snapshot.diagnostics,
+        "samples": int(len(energies)), "env": environment(),
+        "checksum": _checksum(positions, energies),
+    }
+    write_json_atomic(folder / f"{key}.json", provenance)
+    return folder / f"{key}.json"

@@ -1,0 +1,81 @@
+"""Reference data: build by a recipe run, store with provenance, refuse mismatches."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from boltzbench import Budget, get_system, make_cell, run_cell
+from boltzbench.cli import main
+from boltzbench.systems.references import ReferenceMissing, build_reference, load_reference, reference_key
+
+PLUGINS = str(Path(__file__).parent / "plugins")
+
+
+@pytest.fixture
+def refs(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOLTZBENCH_REFERENCES", str(tmp_path / "refs"))
+    monkeypatch.syspath_prepend(PLUGINS)
+    return tmp_path / "refs"
+
+
+@pytest.fixture
+def built(refs):
+    """A kT = 3 reference built once through the CLI, as a user would."""
+    assert main(["reference", "build", "recipe_well:RecipeWell", "--param", "temperature=3", "--no-progress"]) == 0
+    return refs
+
+
+def test_built_reference_has_provenance_and_the_exact_distribution(built):
+    system = get_system("recipe_well:RecipeWell", temperature=3.0)
+    ref = load_reference(system)
+    meta = json.loads((built / f"{reference_key(system)}.json").read_text())
+    assert meta["params"]["temperature"] == 3.0 and meta["generator"]["sampler"] == "mc"
+    assert meta["cost"]["total_evals"] >= 64 * 20_000 and meta["env"]["packages"]["torch"]
+    assert len(ref.energies) == meta["samples"] <= 5_000
+    exact = get_system("double_well", temperature=3.0).reference().exact
+    # The stored samples are thinned chain states, still correlated, so no i.i.d. error bar
+    # applies; the tolerances allow ~5 SE with a τ of ~10 and still catch a run at another
+    # temperature (kT = 2 gives <u> lower by ≈ 0.52 and P(right) lower by ≈ 0.095).
+    assert abs(ref.energies.mean() - exact["mean_energy"]) < 0.25
+    assert abs(np.mean(ref.observables["x1"] > 0) - exact["p_right"]) < 0.05
+
+
+def test_a_reference_for_other_parameters_is_refused_with_the_build_command(built):
+    with pytest.raises(ReferenceMissing) as info:
+        get_system("recipe_well:RecipeWell", temperature=2.0).reference()
+    message = str(info.value)
+    assert "built for other parameters" in message
+    assert "boltzbench reference build recipe_well --param temperature=2.0" in message
+
+
+def test_tampered_reference_files_are_refused(built):
+    system = get_system("recipe_well:RecipeWell", temperature=3.0)
+    meta_path = built / f"{reference_key(system)}.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "checksum": "0" * 64}))
+    with pytest.raises(ReferenceMissing, match="checksum"):
+        load_reference(system)
+    meta_path.write_text(json.dumps({**meta, "params": {**meta["params"], "temperature": 9.0}}))
+    with pytest.raises(ReferenceMissing, match="was built for"):
+        load_reference(system)
+
+
+def test_a_cell_without_a_reference_runs_and_says_so(refs):
+    cell = make_cell("recipe_well:RecipeWell", "mc", budget=Budget(max_evals=16 * 200, n_snapshots=2),
+                     sampler_params={"n_chains": 16})
+    record = run_cell(cell).record
+    assert record["status"] == "ok"
+    assert "boltzbench reference build recipe_well" in record["reference"]["missing"]
+    assert record["final"]["metrics"]["energy_w1"] is None
+
+
+def test_reference_cli_errors(refs, capsys):
+    assert main(["reference", "build", "nope"]) == 2
+    assert "SYSTEM: unknown system 'nope'" in capsys.readouterr().err
+    assert main(["reference", "build", "double_well", "--param", "temperature=-1"]) == 2
+    assert "--param temperature: must be > 0" in capsys.readouterr().err
+    assert main(["reference", "build", "double_well"]) == 2  # exact by quadrature: nothing to build
+    assert main(["reference", "show", "double_well"]) == 0
+    assert '"delta_f"' in capsys.readouterr().out
