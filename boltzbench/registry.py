@@ -22,10 +22,13 @@ from boltzbench.contracts import Configurable, ParameterError, Sampler, System
 BUILTIN = {
     "systems": {
         "double_well": "boltzbench.systems.double_well:DoubleWell",
+        "harmonic": "boltzbench.systems.harmonic:Harmonic",
     },
     "samplers": {
         "md": "boltzbench.samplers.md:LangevinMD",
         "mc": "boltzbench.samplers.mc:MetropolisMC",
+        "pt": "boltzbench.samplers.parallel_tempering:ParallelTempering",
+        "pa": "boltzbench.samplers.population_annealing:PopulationAnnealing",
     },
     "metrics": {
         "energy_w1": "boltzbench.metrics.wasserstein:energy_w1",

@@ -17,12 +17,19 @@ from boltzbench.contracts import Budget, Snapshot, System, param, require
 from boltzbench.samplers.chains import ChainSampler, ChainTrace
 
 
-def metropolis_step(x, u, system: System, step: float, generator: torch.Generator):
-    """One Metropolis step of every chain. Returns (x, u, accepted mask)."""
+def metropolis_step(x, u, system: System, step, generator: torch.Generator, beta=None):
+    """One Metropolis step of every chain. Returns (x, u, accepted mask).
+
+    ``step`` is a float or a (B, 1) tensor of per-chain step sizes. ``beta`` (optional, (B,)
+    tensor or float) is each chain's inverse temperature relative to the target: the step
+    then leaves exp(−β·u) invariant, accepting with min(1, exp(−β·(u' − u))). ``u`` stays
+    the reduced energy at the target. ``beta=None`` is β = 1.
+    """
     proposal = x + step * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     u_new = system.energy(proposal)
     log_uniform = torch.log(torch.rand(u.shape, generator=generator, dtype=u.dtype, device=u.device))
-    accept = log_uniform < (u - u_new)  # NaN energies are never accepted
+    log_ratio = u - u_new if beta is None else beta * (u - u_new)
+    accept = log_uniform < log_ratio  # NaN energies are never accepted
     x = torch.where(accept[:, None], proposal, x)
     u = torch.where(accept, u_new, u)
     return x, u, accept

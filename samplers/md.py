@@ -21,13 +21,26 @@ from boltzbench.samplers.chains import ChainSampler, ChainTrace
 
 
 def baoab_step(x, v, f, system: System, dt: float, friction: float, mass: float,
-               generator: torch.Generator):
-    """One BAOAB step of every chain. Returns (x, v, u, f) at the new positions."""
+               generator: torch.Generator, beta=None):
+    """One BAOAB step of every chain. Returns (x, v, u, f) at the new positions.
+
+    ``beta`` (optional, (B,) tensor or float): each chain's inverse temperature relative to
+    the target, i.e. kT_eff = 1/β in the target's reduced units. The chain then samples
+    exp(−β·(u + m·v²/2)): the kicks keep the target forces f = −∇u (u and f are returned
+    at the target, unscaled) and the O step thermalizes the velocities at kT_eff,
+    v ← c·v + sqrt((1 − c²)/(β·m))·ξ. (Kicking with β·f instead would need velocity
+    variance 1/m; pairing β·f with 1/(β·m) samples exp(−β²·u).) ``beta=None`` is β = 1.
+    """
     c = math.exp(-friction * dt)
     v = v + 0.5 * dt * f / mass
     x = x + 0.5 * dt * v
     noise = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
-    v = c * v + math.sqrt((1.0 - c * c) / mass) * noise
+    if beta is None:
+        v = c * v + math.sqrt((1.0 - c * c) / mass) * noise
+    else:
+        beta = torch.as_tensor(beta, dtype=v.dtype, device=v.device)
+        scale = torch.sqrt((1.0 - c * c) / (mass * beta))
+        v = c * v + (scale[:, None] if scale.dim() == 1 else scale) * noise
     x = x + 0.5 * dt * v
     u, f = system.energy_and_forces(x)
     v = v + 0.5 * dt * f / mass
