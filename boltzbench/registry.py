@@ -23,6 +23,7 @@ BUILTIN = {
     "systems": {
         "double_well": "boltzbench.systems.double_well:DoubleWell",
         "harmonic": "boltzbench.systems.harmonic:Harmonic",
+        "alanine_dipeptide": "boltzbench.systems.alanine:AlanineDipeptide",
     },
     "samplers": {
         "md": "boltzbench.samplers.md:LangevinMD",

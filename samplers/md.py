@@ -56,15 +56,24 @@ class LangevinMD(ChainSampler):
 
     dt: float = param(0.01, "time step, in the system's reduced time unit")
     friction: float = param(1.0, "Langevin friction γ (inverse time)")
-    mass: float = param(1.0, "mass of every degree of freedom")
+    mass: float = param(1.0, "mass of every degree of freedom (torch backend)")
+    backend: str = param("torch", "'torch' (BAOAB in reduced units) or 'openmm' (LangevinMiddle on "
+                                  "the system's OpenMM twin: dt in ps, friction in 1/ps, masses from the twin)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.dt > 0, "dt", f"must be > 0, got {self.dt}")
         require(self.friction > 0, "friction", f"must be > 0, got {self.friction}")
         require(self.mass > 0, "mass", f"must be > 0, got {self.mass}")
+        require(self.backend in ("torch", "openmm"), "backend",
+                f"unknown backend {self.backend!r}; valid choices: torch, openmm")
 
     def run(self, system: System, budget: Budget, generator: torch.Generator) -> Iterator[Snapshot]:
+        if self.backend == "openmm":
+            from boltzbench.samplers.openmm_md import run_openmm_langevin
+
+            yield from run_openmm_langevin(self, system, budget, generator)
+            return
         ledger, schedule, trace = system.ledger, budget.schedule(), ChainTrace(self.thin)
         x = system.sample_initial(self.n_chains, generator)
         v = torch.randn(x.shape, generator=generator, dtype=x.dtype) / math.sqrt(self.mass)
