@@ -37,6 +37,17 @@ BUILTIN = {
         "mean_energy_error": "boltzbench.metrics.observables:mean_energy_error",
         "delta_f_error": "boltzbench.metrics.free_energy:delta_f_error",
         "ess": "boltzbench.metrics.ess:ess",
+        "ess_geyer": "boltzbench.metrics.ess:ess_geyer",
+        "ess_fraction": "boltzbench.metrics.ess:ess_fraction",
+        "energy_w2": "boltzbench.metrics.wasserstein:energy_w2",
+        "dihedral_w2": "boltzbench.metrics.wasserstein:dihedral_w2",
+        "config_emd_w2": "boltzbench.metrics.wasserstein:config_emd_w2",
+        "config_sliced_w2": "boltzbench.metrics.wasserstein:config_sliced_w2",
+        "pair_distance_w1": "boltzbench.metrics.wasserstein:pair_distance_w1",
+        **{f"pair_distance_w1_{p}": f"boltzbench.metrics.wasserstein:pair_distance_w1_{p}"
+           for p in ("AA", "AB", "BB", "AC", "BC", "CC")},
+        "delta_f": "boltzbench.metrics.free_energy:delta_f",
+        "delta_f_stderr": "boltzbench.metrics.free_energy:delta_f_stderr",
     },
 }
 KIND_BASE = {"systems": System, "samplers": Sampler}

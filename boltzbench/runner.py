@@ -26,6 +26,7 @@ import torch
 
 from boltzbench.contracts import Budget, Samples, Snapshot, System
 from boltzbench.matrix import Cell, Component, Matrix
+from boltzbench.metrics.observables import energy_histogram
 from boltzbench.registry import get_metric, get_sampler, get_system
 from boltzbench.store import SCHEMA, Store
 
@@ -116,7 +117,8 @@ def _record(cell: Cell, matrix: dict[str, Any] | None, *, status: str, error: st
         "curve": curve,
         "final": final,
         "reference": reference if reference is None or isinstance(reference, dict)
-        else {"exact": reference.exact, "provenance": reference.provenance},
+        else {"exact": reference.exact, "provenance": reference.provenance,
+              "energy_histogram": energy_histogram(reference.energies)},
         "env": environment(),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -188,7 +190,8 @@ def run_cell(cell: Cell, *, matrix: dict[str, Any] | None = None, timeout_s: flo
 
 def sample_arrays(samples: Samples) -> dict[str, np.ndarray]:
     """What ``keep_samples`` writes beside a record."""
-    arrays = {"positions": samples.positions, "energies": samples.energies}
+    arrays = {"positions": samples.positions, "energies": samples.energies, "states": samples.states,
+              **{f"observables/{k}": v for k, v in samples.observables.items()}}
     if samples.log_weights is not None:
         arrays["log_weights"] = samples.log_weights
     return arrays

@@ -63,6 +63,25 @@ def write_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     _write_atomic(Path(path), lambda handle: np.savez_compressed(handle, **arrays))
 
 
+def _record_problem(record: Any) -> str | None:
+    """Why ``record`` is not a usable boltzbench record, or None if it is one."""
+    if not isinstance(record, dict):
+        return f"not a boltzbench record (a JSON {type(record).__name__}, not an object)"
+    schema = record.get("schema")
+    if not (isinstance(schema, str) and schema.split("/")[0] == SCHEMA.split("/")[0]):
+        return f"not a boltzbench record (schema {schema!r}, expected {SCHEMA!r})"
+    for key in ("system", "sampler"):
+        if not (isinstance(record.get(key), dict) and isinstance(record[key].get("label"), str)):
+            return f"malformed record: no {key}.label"
+    if not isinstance(record.get("seed"), int) or not isinstance(record.get("status"), str):
+        return "malformed record: no integer seed or no status"
+    if record["status"] == "ok" and not (
+            isinstance(record.get("final"), dict) and isinstance(record["final"].get("metrics"), dict)
+            and isinstance(record.get("cost"), dict) and isinstance(record.get("curve"), list)):
+        return "malformed record: status ok without final metrics, cost or curve"
+    return None
+
+
 class Store:
     """The records folder of one results directory: ``OUT/records/<cell_id>.json``."""
 
@@ -74,11 +93,16 @@ class Store:
         return self.records_dir / f"{cell_id}.json"
 
     def load(self, cell_id: str) -> dict[str, Any] | None:
-        path = self.path(cell_id)
-        return json.loads(path.read_text()) if path.is_file() else None
+        """The cell's record, or None when it is absent or not a readable record."""
+        try:
+            record = json.loads(self.path(cell_id).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return record if _record_problem(record) is None else None
 
     def is_done(self, cell_id: str, retry_failed: bool = False) -> bool:
-        """A cell is done when its record exists (and is ``ok``, if failures are retried)."""
+        """A cell is done when a readable record exists (and is ``ok``, if failures are
+        retried); a corrupt file is rerun and overwritten."""
         record = self.load(cell_id)
         return record is not None and (record["status"] == "ok" or not retry_failed)
 
@@ -89,9 +113,23 @@ class Store:
             record = {**record, "samples_file": name}
         write_json_atomic(self.path(record["cell_id"]), record)
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every finished record, in a stable order (system, sampler, seed)."""
-        records = [json.loads(p.read_text()) for p in sorted(self.records_dir.glob("*.json"))]
+    def records(self, problems: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every finished record, in a stable order (system, sampler, seed).
+
+        A file that is not a readable boltzbench record (corrupt or foreign JSON) is skipped;
+        when ``problems`` is given, "<file name>: <reason>" is appended to it for each one.
+        """
+        records = []
+        for path in sorted(self.records_dir.glob("*.json")):
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+                reason = _record_problem(record)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                reason = f"not readable JSON ({type(exc).__name__}: {exc})"
+            if reason is None:
+                records.append(record)
+            elif problems is not None:
+                problems.append(f"{path.name}: {reason}")
         return sorted(records, key=lambda r: (r["system"]["label"], r["sampler"]["label"], r["seed"]))
 
     def remove_partial(self) -> int:

@@ -1,6 +1,9 @@
-"""Errors of thermodynamic averages against the reference."""
+"""Errors of thermodynamic averages against the reference, and compact summaries of
+distributions that records can carry (JSON-able)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -11,3 +14,19 @@ def mean_energy_error(samples: Samples, reference: Reference) -> float:
     """|⟨u⟩ − ⟨u⟩_ref| in kT; the reference mean is exact when known, else the sample mean."""
     target = reference.exact.get("mean_energy", float(np.mean(reference.energies)))
     return abs(float(np.sum(samples.weights() * samples.energies.ravel())) - target)
+
+
+def energy_histogram(energies: np.ndarray, weights: np.ndarray | None = None, bins: int = 60,
+                     coverage: float = 0.999) -> dict[str, Any]:
+    """A weighted density histogram {"edges": [...], "density": [...]} (JSON-able) over the
+    central ``coverage`` of the values: what a record keeps of the reference energies so
+    that reports can draw them (``reference.energy_histogram``)."""
+    x = np.asarray(energies, float).ravel()
+    w = None if weights is None else np.asarray(weights, float).ravel()
+    tail = (1.0 - coverage) / 2.0
+    lo, hi = np.quantile(x, [tail, 1.0 - tail])
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    counts, _ = np.histogram(x, bins=edges, weights=w)
+    total = counts.sum()
+    density = counts / total / np.diff(edges) if total > 0 else counts.astype(float)
+    return {"edges": edges.tolist(), "density": density.tolist()}

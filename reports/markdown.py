@@ -1,118 +1,101 @@
-"""The Markdown report: final metrics per cell and per (system, sampler) over seeds.
+"""The report: ``report.md`` (renders on GitHub, figures as PNG files beside it) and a
+self-contained ``index.html`` (figures embedded), both from the same blocks.
 
-Reports read records only (DESIGN.md: data flows one way).
+Reports read records only (DESIGN.md: data flows one way), plus the samples kept beside
+them. Bad input never stops a report: unreadable or foreign files in the records folder
+are named and skipped.
 """
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from boltzbench.reports.plots import plot_curves
+from boltzbench.reports.build import ReportOptions, build_report
+from boltzbench.reports.compare import Change
+from boltzbench.reports.document import Block, Heading, Image, Items, Table, Text
+from boltzbench.reports.html import render_html
 from boltzbench.store import Store
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+class NoRecords(FileNotFoundError):
+    """A results folder without a single readable record."""
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return lines
-
-
-def _mean_std(values: list[float | None]) -> str:
-    """'mean ± std (n)' over seeds; cells where the metric is undefined are counted apart."""
-    finite = [v for v in values if v is not None]
-    if not finite:
-        return "—"
-    text = f"{np.mean(finite):.4g}"
-    if len(finite) > 1:
-        text += f" ± {np.std(finite, ddof=1):.2g}"
-    if len(finite) < len(values):
-        text += f" ({len(values) - len(finite)} undefined)"
-    return text
-
-
-def render_markdown(records: list[dict[str, Any]], title: str = "boltzbench report",
-                    figures: dict[str, str] | None = None) -> str:
-    """The report's Markdown; ``figures`` maps a system label to its curve image's path."""
-    ok = [r for r in records if r["status"] == "ok"]
-    failed = [r for r in records if r["status"] != "ok"]
-    matrices = sorted({r.get("matrix", {}).get("name", "?") for r in records})
-    baselines = sorted({r.get("matrix", {}).get("baseline", "?") for r in records})
-    lines = [f"# {title}", "",
-             f"{len(records)} cells: {len(ok)} ok, {len(failed)} failed · matrix: {', '.join(matrices)}"
-             f" · baseline sampler: {', '.join(baselines)}", "",
-             "Costs count energy + force evaluations of single configurations, setup included. "
-             "Energies are reduced (u = U/kT). Mean ± standard deviation over seeds.", ""]
-
-    by_system: dict[str, list[dict]] = defaultdict(list)
-    for record in ok:
-        by_system[record["system"]["label"]].append(record)
-    for label, group in by_system.items():
-        system = group[0]["system"]
-        metrics = list(dict.fromkeys(m for r in group for m in r["metrics"]))
-        lines += [f"## {label}", "", f"`{system['name']}` {json.dumps(system['params'])}", ""]
-        exact = group[0].get("reference") or {}
-        if exact.get("exact"):
-            lines += ["Reference: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in exact["exact"].items())
-                      + f" ({exact['provenance'].get('method', '')})", ""]
-        by_sampler: dict[str, list[dict]] = defaultdict(list)
-        for record in group:
-            by_sampler[record["sampler"]["label"]].append(record)
-        rows = []
-        for sampler, runs in by_sampler.items():
-            rows.append([sampler, len(runs), _mean_std([r["cost"]["total_evals"] for r in runs]),
-                         _mean_std([r["cost"]["total_wall_s"] for r in runs])]
-                        + [_mean_std([r["final"]["metrics"].get(m) for r in runs]) for m in metrics])
-        if figures and label in figures:
-            lines += [f"![accuracy versus cost, {label}]({figures[label]})", ""]
-        lines += ["### Final metrics over seeds", ""]
-        lines += _table(["sampler", "seeds", "evals", "wall s"] + metrics, rows) + [""]
-        rows = [[r["sampler"]["label"], r["seed"], r["cost"]["total_evals"], r["cost"]["total_wall_s"]]
-                + [r["final"]["metrics"].get(m) for m in metrics]
-                + [", ".join(f"{k}={_fmt(v)}" for k, v in r["final"]["diagnostics"].items()), f"`{r['cell_id']}`"]
-                for r in group]
-        lines += ["### Cells", ""]
-        lines += _table(["sampler", "seed", "evals", "wall s"] + metrics + ["diagnostics", "cell"], rows) + [""]
-
-    if failed:
-        lines += ["## Failed cells", ""]
-        lines += _table(["system", "sampler", "seed", "status", "error", "cell"],
-                        [[r["system"]["label"], r["sampler"]["label"], r["seed"], r["status"],
-                          (r["error"] or "").replace("|", "\\|"), f"`{r['cell_id']}`"] for r in failed]) + [""]
-
-    if records:
-        env = records[-1]["env"]
-        packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
-        lines += ["## Environment", "",
-                  f"Python {env['python']} on {env['platform']}; {env['cpu_count']} CPUs, "
-                  f"{env['torch_threads']} torch threads, device {env['device']}; {packages}.", ""]
+def render_markdown(blocks: list[Block]) -> str:
+    """GitHub-flavoured Markdown of the report's blocks."""
+    lines: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            lines += ["#" * block.level + " " + block.text, ""]
+        elif isinstance(block, Text):
+            lines += [block.text, ""]
+        elif isinstance(block, Items):
+            lines += [f"* {item}" for item in block.items] + [""]
+        elif isinstance(block, Table):
+            lines += ["| " + " | ".join(block.header) + " |", "|" + "---|" * len(block.header)]
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in block.rows] + [""]
+        elif isinstance(block, Image):
+            lines += [f"![{block.alt}]({block.file})", ""]
     return "\n".join(lines)
 
 
-def write_report(results: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``report.md`` for the records in ``results`` (default ``results/report/``)."""
-    records = Store(results).records()
+@dataclass
+class ReportOutcome:
+    """What ``generate_report`` wrote and found."""
+
+    markdown: Path
+    html: Path
+    problems: list[str] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Change]:
+        return [c for c in self.changes if c.is_regression]
+
+
+def records_folder(results: str | Path) -> Path:
+    """``RESULTS/records`` when it exists, else ``RESULTS`` itself (a bare records folder)."""
+    results = Path(results)
+    return results / "records" if (results / "records").is_dir() else results
+
+
+def _load(results: str | Path) -> tuple[list[dict], list[str], Path]:
+    folder = records_folder(results)
+    store = Store(folder.parent)
+    store.records_dir = folder
+    problems: list[str] = []
+    return store.records(problems), problems, folder
+
+
+def generate_report(results: str | Path, out: str | Path | None = None, *, baseline: str | Path | None = None,
+                    options: ReportOptions | None = None) -> ReportOutcome:
+    """Write ``report.md`` and ``index.html`` for the records in ``results``.
+
+    ``out`` is the Markdown file (default ``RESULTS/report/report.md``); figures and
+    ``index.html`` go beside it. ``baseline`` is another results folder to compare with.
+    Raises :class:`NoRecords` when ``results`` (or ``baseline``) has no readable record.
+    """
+    records, problems, folder = _load(results)
     if not records:
-        raise FileNotFoundError(f"no records in {Path(results) / 'records'}: run a matrix first")
+        detail = f" ({len(problems)} unreadable: {'; '.join(problems)})" if problems else ""
+        raise NoRecords(f"no records in {folder}{detail}: run a matrix first")
+    baseline_records, baseline_problems = None, []
+    if baseline is not None:
+        baseline_records, baseline_problems, base_folder = _load(baseline)
+        if not baseline_records:
+            raise NoRecords(f"no records in the baseline {base_folder}")
     path = Path(out) if out is not None else Path(results) / "report" / "report.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    by_system: dict[str, list[dict]] = defaultdict(list)
-    for record in records:
-        if record["status"] == "ok":
-            by_system[record["system"]["label"]].append(record)
-    figures = {label: plot_curves(group, path.parent / f"curves-{label}.png").name
-               for label, group in by_system.items()}
-    path.write_text(render_markdown(records, figures=figures))
-    return path
+    blocks, changes = build_report(records, path.parent, records_dir=folder, problems=problems,
+                                   baseline=baseline_records, baseline_name=str(baseline or ""),
+                                   baseline_problems=baseline_problems, options=options)
+    path.write_text(render_markdown(blocks), encoding="utf-8")
+    html = path.parent / "index.html"
+    html.write_text(render_html(blocks, path.parent, (options or ReportOptions()).title), encoding="utf-8")
+    return ReportOutcome(path, html, problems, changes)
+
+
+def write_report(results: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report for the records in ``results``; returns the path of ``report.md``."""
+    return generate_report(results, out).markdown

@@ -137,7 +137,7 @@ def _quadrature_reference(a: float, b: float, c: float, d: float, kT: float) -> 
 
     return Reference(
         energies=energies,
-        observables={"x1": x1, "x2": x2},
+        observables={"x1": x1, "x2": x2, "positions": np.stack([x1, x2], axis=1)},
         exact={
             "mean_energy": mean_u1 + 0.5,
             "mean_x1": mean_x1,

@@ -59,7 +59,7 @@ def test_quick_matrix_validates_and_expands(path):
 def test_parameters_are_normalized_with_defaults():
     matrix = parse_matrix(base(samplers=[{"name": "md", "params": {"dt": 0.02}}]))
     sampler, system = matrix.samplers[0], matrix.systems[0]
-    assert sampler.params == {"dt": 0.02, "friction": 1.0, "mass": 1.0, "n_chains": 64, "thin": 10}
+    assert sampler.params == {"dt": 0.02, "friction": 1.0, "mass": 1.0, "backend": "torch", "n_chains": 64, "thin": 10}
     assert system.params == {"a": 1.0, "b": 6.0, "c": 1.0, "d": 1.0, "temperature": 1.0}
     # an integer given for a float parameter is stored as a float
     coerced = parse_matrix(base(systems=[{"name": "double_well", "params": {"temperature": 2}}]))

@@ -163,3 +163,13 @@ def test_report_has_tables_and_a_curve_figure(tmp_path):
     assert "| md | 2 |" in text and "| mc | 2 |" in text
     assert "![accuracy versus cost, double_well](curves-double_well.png)" in text
     assert (report.parent / "curves-double_well.png").stat().st_size > 10_000
+
+
+def test_a_corrupt_record_is_rerun_on_resume(tmp_path):
+    matrix = parse_matrix(matrix_dict([("mc", "mc", {"n_chains": 16})], seeds=[0]))
+    run_matrix(matrix, tmp_path, progress=False)
+    (path,) = (tmp_path / "records").glob("*.json")
+    path.write_text('{"schema": "boltzbench.record/1", "cell_')
+    again = run_matrix(matrix, tmp_path, progress=False)
+    assert (again.skipped, again.ok) == (0, 1)
+    assert json.loads(path.read_text())["status"] == "ok"
