@@ -254,13 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (MatrixError, ValueError) as exc:
+    except (MatrixError, ValueError) as exc:  # includes SchedulerError
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Exception as exc:
-        if type(exc).__name__ != "SchedulerError":
-            raise
-        print(f"error: --scheduler: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("\ninterrupted: finished cells are kept; run the same command again to resume",

@@ -24,11 +24,7 @@ from distributed import Client, LocalCluster, as_completed
 from distributed.scheduler import KilledWorker
 
 from boltzbench.matrix import Cell
-from boltzbench.runner import CellOutcome, failed_record, run_cell
-
-
-class SchedulerError(RuntimeError):
-    """The Dask scheduler cannot be reached or started."""
+from boltzbench.runner import CellOutcome, SchedulerError, failed_record, run_cell
 
 
 def _run_cell_task(cell: Cell, matrix: dict[str, Any], timeout_s: float | None) -> CellOutcome:
@@ -52,7 +48,7 @@ def dask_client(scheduler: str, workers: int | None = None, connect_timeout: flo
         try:
             client = Client(scheduler, timeout=f"{connect_timeout}s")
         except (OSError, TimeoutError, ValueError) as exc:
-            raise SchedulerError(f"cannot reach the Dask scheduler at {scheduler!r} within "
+            raise SchedulerError(f"--scheduler: cannot reach the Dask scheduler at {scheduler!r} within "
                                  f"{connect_timeout:g} s: {exc}") from None
     try:
         yield client

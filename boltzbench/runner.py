@@ -206,6 +206,10 @@ class RunSummary:
     failed: int  # failed or timed out
 
 
+class SchedulerError(ValueError):
+    """The Dask scheduler cannot be reached or started (bad ``--scheduler`` input)."""
+
+
 SCHEDULER_HELP = "serial (in this process), local (a Dask LocalCluster) or a Dask address such as tcp://host:8786"
 
 

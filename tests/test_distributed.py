@@ -8,7 +8,7 @@ import pytest
 
 from boltzbench import parse_matrix, run_matrix
 from boltzbench.cli import main
-from boltzbench.distributed import SchedulerError
+from boltzbench.runner import SchedulerError
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 
