@@ -37,7 +37,7 @@ class NonFiniteEnergy(RuntimeError):
     """A sampler produced NaN or infinite energies or positions."""
 
 
-def environment() -> dict[str, Any]:
+def environment(device: str = "cpu") -> dict[str, Any]:
     """Versions, threads and device: what a record needs to be reproduced."""
     versions = {}
     for package in PACKAGES:
@@ -51,7 +51,8 @@ def environment() -> dict[str, Any]:
         "packages": versions,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
+        "device": device,
+        "cuda": torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else None,
     }
 
 
@@ -119,7 +120,7 @@ def _record(cell: Cell, matrix: dict[str, Any] | None, *, status: str, error: st
         "reference": reference if reference is None or isinstance(reference, dict)
         else {"exact": reference.exact, "provenance": reference.provenance,
               "energy_histogram": energy_histogram(reference.energies)},
-        "env": environment(),
+        "env": environment(cell.sampler.params.get("device") or cell.system.params.get("device") or "cpu"),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
