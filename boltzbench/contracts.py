@@ -268,7 +268,9 @@ class OpenMMTwin:
     (u is the reduced energy of the contract). Lennard-Jones reduced units map exactly onto
     OpenMM's with σ = 1 nm, ε = 1 kJ/mol, m = 1 amu (then τ = 1 ps and kT = T kJ/mol).
     ``temperature_kelvin`` is the target temperature for OpenMM integrators.
-    ``box_nm`` holds the periodic box edges, ``None`` for an open system.
+    ``box_nm`` holds the periodic box edges, ``None`` for an open system. ``dim`` is the
+    spatial dimension of the system's positions: a 2D system's twin lives in the z = 0
+    plane and serves energy/force checks only (OpenMM dynamics would leave the plane).
     """
 
     system: Any  # openmm.System
@@ -276,6 +278,7 @@ class OpenMMTwin:
     kj_per_mol_per_kt: float
     temperature_kelvin: float
     box_nm: tuple[float, ...] | None = None
+    dim: int = 3
 
 
 @dataclass

@@ -24,6 +24,12 @@ BUILTIN = {
         "double_well": "boltzbench.systems.double_well:DoubleWell",
         "harmonic": "boltzbench.systems.harmonic:Harmonic",
         "alanine_dipeptide": "boltzbench.systems.alanine:AlanineDipeptide",
+        "ka3d": "boltzbench.systems.liquids:KobAndersen3D",
+        "ka2d": "boltzbench.systems.liquids:KobAndersen2D",
+        "ternary2d": "boltzbench.systems.liquids:Ternary2D",
+        "soft_spheres": "boltzbench.systems.liquids:SoftSpheres",
+        "dw4": "boltzbench.systems.clusters:DoubleWell4",
+        "lj13": "boltzbench.systems.clusters:LennardJones13",
     },
     "samplers": {
         "md": "boltzbench.samplers.md:LangevinMD",

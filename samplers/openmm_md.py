@@ -98,6 +98,9 @@ def run_openmm_langevin(sampler: LangevinMD, system: System, budget: Budget,
     on the budget's schedule. ``sampler.dt`` in ps, ``sampler.friction`` in 1/ps; ``platform``
     (an OpenMM platform name) defaults to :func:`default_platform`."""
     twin = system.openmm_twin()
+    if twin.dim != 3:
+        raise ValueError(f"backend: 'openmm' runs 3D systems only; {system.name!r} is {twin.dim}D "
+                         f"(its OpenMM twin serves energy checks): use backend = 'torch'")
     platform = platform or default_platform(twin.system)
     ledger, schedule, trace = system.ledger, budget.schedule(), ChainTrace(1)
     n, thin = sampler.n_chains, sampler.thin

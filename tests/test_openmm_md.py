@@ -185,3 +185,10 @@ def test_md_sampler_with_backend_openmm_runs_on_the_twin():
     assert torch.equal(via_sampler.positions, direct.positions)
     with pytest.raises(ValueError, match="backend: unknown backend 'gromacs'; valid choices: torch, openmm"):
         LangevinMD(backend="gromacs")
+
+
+def test_openmm_backend_refuses_a_2d_system():
+    system = get_system("ka2d")
+    sampler = LangevinMD(backend="openmm", n_chains=2)
+    with pytest.raises(ValueError, match="'openmm' runs 3D systems only; 'ka2d' is 2D"):
+        next(sampler.run(system, Budget(max_evals=1e4), torch.Generator().manual_seed(0)))
