@@ -19,7 +19,7 @@ from boltzbench.runner import make_cell, run_cell
 
 SYSTEMS = [s for s in ("double_well", "harmonic", "dw4", "lj13", "ternary2d", "ka2d", "ka3d",
                        "soft_spheres", "alanine_dipeptide") if s in registry("systems").names()]
-SAMPLERS = [s for s in ("md", "mc", "pt", "pa") if s in registry("samplers").names()]
+SAMPLERS = [s for s in ("md", "mc", "pt", "pa", "swap_mc", "flow") if s in registry("samplers").names()]
 TRACK_SYSTEMS = [s for s in ("double_well", "harmonic") if s in SYSTEMS]
 
 

@@ -14,6 +14,11 @@ charges every evaluation through the system (``system.energy`` /
 * :class:`LangevinMove`: one BAOAB step (Leimkuhler & Matthews, AMRX 2013) at kT_eff = 1/β_b,
   reusing :func:`boltzbench.samplers.md.baoab_step`; velocities are kept in the batch and
   live at the walker's temperature, v ~ N(0, 1/(β_b·m)).
+* :class:`ParticleDisplacementMove`: for particle systems, one sweep of N single-particle
+  Metropolis displacements (uniform in a cube of half-width σ_b, wrapped into the periodic
+  box), each accepted with min(1, exp(−β_b·Δu)), Δu from the system's local energy
+  ``energy_change_displace`` (a sweep costs one evaluation per walker). Swap moves live in
+  ``swap_mc.py``.
 * :class:`Sequence` (each move in turn) and :class:`Mixture` (one move drawn at random
   with fixed weights per call): compositions of invariant kernels are invariant (Tierney,
   Ann. Statist. 22, 1701 (1994)).
@@ -185,6 +190,70 @@ class Mixture(Move):
 
     def leaves(self) -> list[Move]:
         return [leaf for move in self.moves for leaf in move.leaves()]
+
+
+def wrap_into_box(positions: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
+    """Positions mapped into the periodic box [0, L) per axis (unchanged for an open system)."""
+    return positions if box is None else positions - box * torch.floor(positions / box)
+
+
+def displacement_attempt(x: torch.Tensor, u: torch.Tensor, beta: torch.Tensor, system: System,
+                         i: torch.Tensor, delta: torch.Tensor, log_uniform: torch.Tensor,
+                         box: torch.Tensor | None = None) -> torch.Tensor:
+    """One single-particle Metropolis attempt per walker, in place on x (B, dof) and u (B,).
+
+    Particle i[b] moves to x_i + delta[b] (wrapped into ``box``, the system's periodic box or
+    None), accepted when log_uniform[b] < −β_b·Δu, i.e. with min(1, exp(−β_b·Δu)); Δu from
+    ``system.energy_change_displace`` (a particle system; charged 1/N evaluation per walker).
+    The proposal is symmetric, so exp(−β_b·u) is invariant (Metropolis et al. 1953). NaN
+    energy changes are never accepted. Returns the (B,) accepted mask.
+    """
+    b = x.shape[0]
+    pos = x.view(b, system.n_particles, system.dim)
+    rows = torch.arange(b, device=x.device)
+    new = wrap_into_box(pos[rows, i] + delta, box)
+    du = system.energy_change_displace(x, i, new).to(u.dtype)
+    accept = log_uniform < -beta * du
+    pos[rows[accept], i[accept]] = new[accept].to(pos.dtype)
+    u += torch.where(accept, du, torch.zeros_like(du))
+    return accept
+
+
+class ParticleDisplacementMove(Move):
+    """One sweep of single-particle Metropolis displacements of a particle system.
+
+    A call makes N sequential attempts per walker (N = ``system.n_particles``, the usual MC
+    "sweep"), all walkers at once: a particle drawn uniformly at random is displaced by a
+    vector uniform in the cube [−σ_b, σ_b]^d and wrapped into the periodic box, accepted with
+    min(1, exp(−β_b·Δu)) (:func:`displacement_attempt`). A sweep costs one energy evaluation
+    per walker (N charges of 1/N). σ_b (``step``, per walker) is tunable like
+    :class:`MetropolisMove`'s. Needs the local-energy API of
+    :class:`boltzbench.systems.particles.ParticleSystem`.
+    """
+
+    tunable = True
+
+    def __init__(self, step: float):
+        super().__init__()
+        self.initial_step = float(step)
+        self.step: torch.Tensor | None = None  # (B,), created at first use
+
+    def set_step(self, step: float | torch.Tensor, n: int) -> None:
+        """Set the per-walker step sizes (a scalar for all, or a (B,) tensor)."""
+        self.step = torch.as_tensor(step, dtype=torch.float64).expand(n).clone()
+
+    def __call__(self, walkers: Walkers, system: System, generator: torch.Generator) -> None:
+        b, n, d = len(walkers), system.n_particles, system.dim
+        if self.step is None or self.step.shape[0] != b:
+            self.set_step(self.initial_step, b)
+        x, u, dtype = walkers.x.clone(), walkers.u.clone(), walkers.x.dtype
+        index = torch.randint(0, n, (n, b), generator=generator)
+        delta = (2 * torch.rand((n, b, d), generator=generator, dtype=dtype) - 1) * self.step.to(dtype)[:, None]
+        log_uniform = torch.log(torch.rand((n, b), generator=generator, dtype=u.dtype))
+        box = system.box
+        for t in range(n):
+            self.record(displacement_attempt(x, u, walkers.beta, system, index[t], delta[t], log_uniform[t], box))
+        walkers.x, walkers.u, walkers.forces = x, u, None
 
 
 def make_move(kind: str, *, step: float, dt: float, friction: float, mass: float) -> Move:

@@ -49,7 +49,7 @@ import numpy as np
 import scipy.optimize
 import torch
 
-from boltzbench.contracts import OpenMMTwin, Reference, System, param, require
+from boltzbench.contracts import OpenMMTwin, System, param, require
 
 PLATFORMS = ("Reference", "CPU")
 N_ATOMS = 22
@@ -119,6 +119,9 @@ class AlanineDipeptide(System):
     """Alanine dipeptide in vacuum (Amber ff96, no constraints) through OpenMM."""
 
     name: ClassVar[str] = "alanine_dipeptide"
+    reference_recipe: ClassVar[dict] = {  # parallel tempering, Langevin local moves, up to 1200 K
+        "sampler": "pt", "params": {"n_chains": 8, "t_max": 4.0, "move": "md", "dt": 0.001},
+        "max_evals": 2e7, "n_samples": 20000, "burn_in": 0.1}
     description: ClassVar[str] = "alanine dipeptide, vacuum, Amber ff96, no constraints, via OpenMM"
     citation: ClassVar[str] = ("openmmtools AlanineDipeptideVacuum (Amber ff96: Kollman et al. 1997); "
                                "OpenMM: Eastman et al., PLoS Comput. Biol. 13, e1005659 (2017)")
@@ -228,6 +231,3 @@ class AlanineDipeptide(System):
         noise = torch.randn(n, self.dof, generator=generator, dtype=self.dtype)
         return self.minimized_positions + INITIAL_NOISE_NM * noise
 
-    def reference(self) -> Reference:
-        raise LookupError("alanine_dipeptide has no reference data yet: it is to be built by a "
-                          "long equilibrium run; until then metrics that need a reference cannot run")

@@ -54,6 +54,9 @@ class DoubleWell4(ParticleSystem):
     """DW-4: four particles in 2D with a double-well pair potential (Köhler et al. 2020)."""
 
     name: ClassVar[str] = "dw4"
+    reference_recipe: ClassVar[dict] = {  # parallel tempering, Metropolis local moves
+        "sampler": "pt", "params": {"n_chains": 16, "t_max": 5.0}, "max_evals": 4e6,
+        "n_samples": 20000, "burn_in": 0.1}
     description: ClassVar[str] = "DW-4: 4 particles in 2D, pairwise double well (Köhler, Klein & Noé 2020)"
     citation: ClassVar[str] = "J. Köhler, L. Klein & F. Noé, ICML 2020, arXiv:2006.02425; convention of " + BGFLOW
     units: ClassVar[str] = "reduced units of the potential (length, energy), kB = 1"
@@ -92,6 +95,9 @@ class LennardJones13(ParticleSystem):
     centre of mass (Köhler et al. 2020)."""
 
     name: ClassVar[str] = "lj13"
+    reference_recipe: ClassVar[dict] = {  # parallel tempering, Langevin local moves
+        "sampler": "pt", "params": {"n_chains": 16, "t_max": 5.0, "move": "md", "dt": 0.005},
+        "max_evals": 4e6, "n_samples": 20000, "burn_in": 0.1}
     description: ClassVar[str] = "LJ-13: 13-particle Lennard-Jones cluster in 3D with a centre-of-mass restraint"
     citation: ClassVar[str] = "J. Köhler, L. Klein & F. Noé, ICML 2020, arXiv:2006.02425; convention of " + BGFLOW
     units: ClassVar[str] = "reduced units: r_m, ε, kB = 1"

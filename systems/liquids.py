@@ -151,6 +151,9 @@ class KobAndersen3D(LennardJonesMixture):
     """Kob-Andersen 80:20 binary Lennard-Jones mixture in 3D (Kob & Andersen 1994/95)."""
 
     name: ClassVar[str] = "ka3d"
+    reference_recipe: ClassVar[dict] = {  # long Langevin MD (τ_α ≲ 10² at T = 0.6)
+        "sampler": "md", "params": {"dt": 0.005, "n_chains": 8, "thin": 200}, "max_evals": 4e6,
+        "n_samples": 2000, "burn_in": 0.2}
     description: ClassVar[str] = "Kob-Andersen 80:20 Lennard-Jones mixture, 3D, ρ = 1.2, periodic"
     citation: ClassVar[str] = "W. Kob & H. C. Andersen, PRL 73, 1376 (1994); PRE 51, 4626 (1995)"
 
@@ -160,6 +163,9 @@ class KobAndersen2D(LennardJonesMixture):
     """Kob-Andersen 65:35 binary Lennard-Jones mixture in 2D (Brüning et al. 2009)."""
 
     name: ClassVar[str] = "ka2d"
+    reference_recipe: ClassVar[dict] = {
+        "sampler": "md", "params": {"dt": 0.005, "n_chains": 8, "thin": 200}, "max_evals": 4e6,
+        "n_samples": 4000, "burn_in": 0.2}
     description: ClassVar[str] = "Kob-Andersen 65:35 Lennard-Jones mixture, 2D, ρ = 1.2, periodic"
     citation: ClassVar[str] = ("R. Brüning, D. A. St-Onge, S. Patterson & W. Kob, "
                                "J. Phys.: Condens. Matter 21, 035117 (2009)")
@@ -175,6 +181,8 @@ class Ternary2D(LennardJonesMixture):
     """2D ternary Kob-Andersen-type glass former (KA2 pair parameters), swap-compatible."""
 
     name: ClassVar[str] = "ternary2d"
+    reference_recipe: ClassVar[dict] = {  # swap MC, as Jung, Biroli & Berthier do
+        "sampler": "swap_mc", "params": {"n_chains": 16}, "max_evals": 4e6, "n_samples": 20000, "burn_in": 0.2}
     description: ClassVar[str] = ("2D ternary Kob-Andersen-type mixture (KA2 pair parameters), the "
                                   "swap-compatible N = 43 benchmark family of Jung, Biroli & Berthier 2024")
     citation: ClassVar[str] = ("G. Jung, G. Biroli & L. Berthier, Mach. Learn.: Sci. Technol. 5, 035053 (2024); "
@@ -220,6 +228,8 @@ class SoftSpheres(ParticleSystem):
     """Continuously polydisperse, non-additive soft spheres (Ninarello, Berthier & Coslovich 2017)."""
 
     name: ClassVar[str] = "soft_spheres"
+    reference_recipe: ClassVar[dict] = {
+        "sampler": "swap_mc", "params": {"n_chains": 8}, "max_evals": 4e6, "n_samples": 2000, "burn_in": 0.2}
     description: ClassVar[str] = ("polydisperse non-additive soft spheres (Ninarello-Berthier-Coslovich 2017), "
                                   "2D or 3D, ρ = 1, periodic; the swap Monte Carlo system")
     citation: ClassVar[str] = ("A. Ninarello, L. Berthier & D. Coslovich, PRX 7, 021039 (2017); 2D: L. Berthier "

@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from boltzbench.contracts import OpenMMTwin, Reference, System, param, require
+from boltzbench.contracts import OpenMMTwin, System, param, require
 
 #: Pair entries (chunk · N · N) processed at once on the CPU: keeps the temporaries in cache.
 PAIR_ELEMENTS = 1 << 16
@@ -554,10 +554,6 @@ class ParticleSystem(System):
             out[b] = (grid[sites] + 0.5) * spacing
         noise = torch.randn(out.shape, generator=generator, dtype=torch.float64)
         return out + 0.1 * spacing * noise
-
-    def reference(self) -> Reference:
-        raise LookupError(f"no reference is available yet for system {self.name!r} with parameters "
-                          f"{self.params()}: the reference-building machinery does not cover it yet")
 
     def openmm_twin(self) -> OpenMMTwin:
         from boltzbench.systems.openmm_twins import openmm_twin

@@ -152,9 +152,10 @@ def test_initial_configurations_are_relaxed_finite_and_charged_to_setup(key):
     assert torch.equal(x, again)
 
 
-def test_no_reference_yet_is_a_lookup_error():
-    with pytest.raises(LookupError, match="no reference is available yet"):
-        get_system("ternary2d").reference()
+def test_a_missing_reference_is_a_lookup_error_that_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOLTZBENCH_REFERENCES", str(tmp_path))
+    with pytest.raises(LookupError, match="build it with: boltzbench reference build ternary2d --param temperature=0.9"):
+        get_system("ternary2d", temperature=0.9).reference()
 
 
 # ---------------------------------------------------------------------- OpenMM twins
