@@ -115,23 +115,30 @@ class Move(ABC):
         return [self]
 
 
-class MetropolisMove(Move):
-    """Random-walk Metropolis on the whole configuration, σ per walker, at each walker's β."""
+class SteppedMove(Move):
+    """A move with one tunable step size per walker (σ_b), created at first use."""
 
     tunable = True
 
     def __init__(self, step: float):
         super().__init__()
         self.initial_step = float(step)
-        self.step: torch.Tensor | None = None  # (B,), created at first use
+        self.step: torch.Tensor | None = None  # (B,)
 
     def set_step(self, step: float | torch.Tensor, n: int) -> None:
         """Set the per-walker step sizes (a scalar for all, or a (B,) tensor)."""
         self.step = torch.as_tensor(step, dtype=torch.float64).expand(n).clone()
 
+    def ensure_steps(self, n: int) -> None:
+        if self.step is None or self.step.shape[0] != n:
+            self.set_step(self.initial_step, n)
+
+
+class MetropolisMove(SteppedMove):
+    """Random-walk Metropolis on the whole configuration, σ per walker, at each walker's β."""
+
     def __call__(self, walkers: Walkers, system: System, generator: torch.Generator) -> None:
-        if self.step is None or self.step.shape[0] != len(walkers):
-            self.set_step(self.initial_step, len(walkers))
+        self.ensure_steps(len(walkers))
         step = self.step.to(walkers.x.dtype)[:, None]
         walkers.x, walkers.u, accept = metropolis_step(walkers.x, walkers.u, system, step, generator,
                                                        beta=walkers.beta)
@@ -219,7 +226,7 @@ def displacement_attempt(x: torch.Tensor, u: torch.Tensor, beta: torch.Tensor, s
     return accept
 
 
-class ParticleDisplacementMove(Move):
+class ParticleDisplacementMove(SteppedMove):
     """One sweep of single-particle Metropolis displacements of a particle system.
 
     A call makes N sequential attempts per walker (N = ``system.n_particles``, the usual MC
@@ -231,21 +238,9 @@ class ParticleDisplacementMove(Move):
     :class:`boltzbench.systems.particles.ParticleSystem`.
     """
 
-    tunable = True
-
-    def __init__(self, step: float):
-        super().__init__()
-        self.initial_step = float(step)
-        self.step: torch.Tensor | None = None  # (B,), created at first use
-
-    def set_step(self, step: float | torch.Tensor, n: int) -> None:
-        """Set the per-walker step sizes (a scalar for all, or a (B,) tensor)."""
-        self.step = torch.as_tensor(step, dtype=torch.float64).expand(n).clone()
-
     def __call__(self, walkers: Walkers, system: System, generator: torch.Generator) -> None:
         b, n, d = len(walkers), system.n_particles, system.dim
-        if self.step is None or self.step.shape[0] != b:
-            self.set_step(self.initial_step, b)
+        self.ensure_steps(b)
         x, u, dtype = walkers.x.clone(), walkers.u.clone(), walkers.x.dtype
         index = torch.randint(0, n, (n, b), generator=generator)
         delta = (2 * torch.rand((n, b, d), generator=generator, dtype=dtype) - 1) * self.step.to(dtype)[:, None]
