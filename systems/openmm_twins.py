@@ -72,6 +72,20 @@ def _twin(system_obj, mm_system, box3) -> OpenMMTwin:
                       temperature_kelvin=t / MOLAR_GAS_CONSTANT_R, box_nm=box3, dim=system_obj.dim)
 
 
+def _periodic_twin(s, system, box3, force, per_particle: list[list[float]], cutoff: float) -> OpenMMTwin:
+    """Add the particles' parameters to a CustomNonbondedForce with a plain periodic cutoff
+    (no switching, no long-range correction: the torch kernels truncate the same way)."""
+    mm = _openmm()
+    for values in per_particle:
+        force.addParticle(values)
+    force.setNonbondedMethod(mm.CustomNonbondedForce.CutoffPeriodic)
+    force.setCutoffDistance(_periodic_cutoff(cutoff, s.box_edges))
+    force.setUseSwitchingFunction(False)
+    force.setUseLongRangeCorrection(False)
+    system.addForce(force)
+    return _twin(s, system, box3)
+
+
 def lj_mixture_twin(s) -> OpenMMTwin:
     """Truncated-and-shifted LJ mixture (ka3d, ka2d, ternary2d)."""
     from boltzbench.systems.liquids import LJ_CUTOFF, lj_shift
@@ -88,14 +102,7 @@ def lj_mixture_twin(s) -> OpenMMTwin:
     force.addTabulatedFunction("sigma_t", _table(sig))
     force.addTabulatedFunction("cutoff_t", _table(LJ_CUTOFF * sig))
     force.addTabulatedFunction("shift_t", _table(eps * lj_shift()))
-    for t in s.species.tolist():
-        force.addParticle([float(t)])
-    force.setNonbondedMethod(mm.CustomNonbondedForce.CutoffPeriodic)
-    force.setCutoffDistance(_periodic_cutoff(cutoff, s.box_edges))
-    force.setUseSwitchingFunction(False)
-    force.setUseLongRangeCorrection(False)
-    system.addForce(force)
-    return _twin(s, system, box3)
+    return _periodic_twin(s, system, box3, force, [[float(t)] for t in s.species.tolist()], cutoff)
 
 
 def soft_sphere_twin(s) -> OpenMMTwin:
@@ -115,14 +122,7 @@ def soft_sphere_twin(s) -> OpenMMTwin:
         f"step({SS_CUTOFF!r} - y) * (y^(-12) + ({SS_C0!r}) + ({SS_C2!r})*y^2 + ({SS_C4!r})*y^4);"
         f"y = r/sij; sij = 0.5*(d1 + d2)*(1 - {SS_NONADDITIVITY!r}*abs(d1 - d2))")
     force.addPerParticleParameter("d")
-    for d in s.diameters.tolist():
-        force.addParticle([float(d)])
-    force.setNonbondedMethod(mm.CustomNonbondedForce.CutoffPeriodic)
-    force.setCutoffDistance(_periodic_cutoff(cutoff, s.box_edges))
-    force.setUseSwitchingFunction(False)
-    force.setUseLongRangeCorrection(False)
-    system.addForce(force)
-    return _twin(s, system, box3)
+    return _periodic_twin(s, system, box3, force, [[float(d)] for d in s.diameters.tolist()], cutoff)
 
 
 def dw4_twin(s) -> OpenMMTwin:
