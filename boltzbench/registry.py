@@ -36,6 +36,7 @@ BUILTIN = {
         "mc": "boltzbench.samplers.mc:MetropolisMC",
         "pt": "boltzbench.samplers.parallel_tempering:ParallelTempering",
         "pa": "boltzbench.samplers.population_annealing:PopulationAnnealing",
+        "flow": "boltzbench.samplers.flows.sampler:FlowSampler",
         "swap_mc": "boltzbench.samplers.swap_mc:SwapMC",
     },
     "metrics": {

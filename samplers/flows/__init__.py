@@ -1,0 +1,14 @@
+"""Normalizing-flow Boltzmann generators (the ``flow`` sampler).
+
+layers.py       RealNVP affine couplings, circular-spline couplings on the torus, fixed
+                coordinate layers (standardization, periodic box, internal coordinates)
+base.py         Gaussian and thermal (high-temperature Boltzmann) base distributions
+model.py        the generator: coordinates ∘ couplings ∘ base, log-densities, energy surrogates
+train.py        maximum likelihood + energy-based KL with a schedule, Adam, clipping, early stopping
+sampler.py      FlowSampler: setup charged to the ledger, reweighting or flow-MCMC
+persistence.py  save/load a trained flow (weights_only=True), cache keys for reuse
+"""
+
+from boltzbench.samplers.flows.sampler import FlowSampler
+
+__all__ = ["FlowSampler"]

@@ -1,0 +1,172 @@
+"""The Boltzmann generator: fixed coordinate layers P, trained couplings T, a base density.
+
+Densities (change of variables; every log-det is exact):
+
+* Gaussian base, latent y₀ ~ q₀:  x = P(T(y₀)),
+  log q(x) = log q₀(y₀) − log|det ∂T/∂y₀| − log|det ∂P/∂y|.
+* Thermal base, configurations x₀ ~ exp(−β_base·u(x₀)):  x = P(T(P⁻¹(x₀))),
+  log q(x) = −β_base·u(x₀) − log|det ∂x/∂x₀| + const
+  (Jung, Biroli & Berthier 2024; the constant, the base's log-partition function, cancels
+  in self-normalized weights and Metropolis–Hastings ratios).
+
+P depends on the coordinates: "cartesian" (standardize every degree of freedom with data
+statistics), "torus" (positions in a periodic box ↔ angles, every entry periodic),
+"internal" (standardize bonds and angles, then internal → Cartesian; see
+:class:`~boltzbench.samplers.flows.layers.InternalCoordinates` for the reduced density).
+
+The importance weight of a sample is log w(x) = −u(x) − log q(x) (up to a constant).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from boltzbench.contracts import System
+from boltzbench.samplers.flows.base import GaussianBase, ThermalBase
+from boltzbench.samplers.flows.layers import (Coupling, FlowChain, InternalCoordinates, Standardize,
+                                              TorusScale, alternating_masks)
+
+COORDINATES = ("cartesian", "torus", "internal")
+
+
+def feature_layout(spec: dict[str, Any]) -> tuple[int, torch.Tensor]:
+    """(dimension, periodic mask) of the latent/feature space for a flow spec."""
+    if spec["coordinates"] == "cartesian":
+        return spec["dof"], torch.zeros(spec["dof"], dtype=torch.bool)
+    if spec["coordinates"] == "torus":
+        return spec["dof"], torch.ones(spec["dof"], dtype=torch.bool)
+    n = spec["zmatrix"]["n_atoms"]
+    return 3 * n - 6, torch.arange(3 * n - 6) >= (n - 1) + (n - 2)
+
+
+class BoltzmannGenerator(nn.Module):
+    """x = P(T(y)): ``couplings`` T (trained) then ``prep`` P (fixed), with a base density.
+
+    ``spec`` (JSON-able) fixes the architecture: dof, coordinates, n_layers, hidden,
+    n_hidden, n_bins, box (edges per dof, torus), zmatrix (internal). ``mean``/``std``
+    (feature space) standardize real entries; they are buffers, saved with the weights.
+    ``generator`` initializes the weights (never torch's global RNG; fixed seed when None).
+    """
+
+    def __init__(self, spec: dict[str, Any], mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        super().__init__()
+        self.spec = dict(spec)
+        dim, periodic = feature_layout(spec)
+        self.register_buffer("periodic", periodic)
+        masks = alternating_masks(dim, spec["n_layers"])
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.couplings = FlowChain([Coupling(m, periodic, spec["hidden"], spec["n_hidden"], spec["n_bins"],
+                                             generator=generator) for m in masks])
+        mean = torch.zeros(dim) if mean is None else mean.detach().double().cpu()
+        std = torch.ones(dim) if std is None else std.detach().double().cpu()
+        mean, std = torch.where(periodic, 0.0, mean), torch.where(periodic, 1.0, std)
+        if spec["coordinates"] == "cartesian":
+            prep = [Standardize(mean, std)]
+        elif spec["coordinates"] == "torus":
+            prep = [TorusScale(torch.as_tensor(spec["box"], dtype=torch.float64))]
+        else:
+            prep = [Standardize(mean, std), InternalCoordinates(spec["zmatrix"])]
+        self.prep = FlowChain(prep)
+        self.base: GaussianBase | ThermalBase = GaussianBase(periodic)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.periodic.device
+
+    # ------------------------------------------------------------------ maps
+    def push(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent y → configuration x; log|det ∂x/∂y|."""
+        h, ld_t = self.couplings(y)
+        x, ld_p = self.prep(h)
+        return x, ld_t + ld_p
+
+    def pull(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Configuration x → latent y; log|det ∂y/∂x|."""
+        h, ld_p = self.prep.inverse(x)
+        y, ld_t = self.couplings.inverse(h)
+        return y, ld_p + ld_t
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """P⁻¹(x), the (unstandardized) coordinates the couplings see, for statistics."""
+        h = x
+        for layer in reversed(self.prep.layers):
+            if not isinstance(layer, Standardize):
+                h, _ = layer.inverse(h)
+        return h
+
+    # ---------------------------------------------------------------- densities
+    def to_flow(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(dtype=self.dtype, device=self.device)
+
+    def draw_base(self, n: int, generator: torch.Generator):
+        """A fresh base batch: latent y (Gaussian) or (x₀, u₀) (thermal; chains advance)."""
+        if isinstance(self.base, GaussianBase):
+            return self.base.sample(n, generator, self.dtype).to(self.device)
+        return self.base.draw(n, generator)
+
+    def push_base(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map a base batch to configurations x with their flow log-density log q(x)."""
+        if isinstance(self.base, GaussianBase):
+            x, ld = self.push(batch)
+            return x, self.base.log_prob(batch) - ld
+        x0, u0 = batch
+        h0, ld0 = self.prep.inverse(self.to_flow(x0))  # P⁻¹ only: the couplings act once, forwards
+        x, ld1 = self.push(h0)
+        log_q0 = self.base.log_prob_unnormalized(u0.to(dtype=self.dtype, device=self.device))
+        return x, log_q0 - ld0 - ld1
+
+    def log_q(self, x: torch.Tensor, base_energy=None) -> torch.Tensor:
+        """log q(x) by the inverse map. A thermal base needs u at x₀ = flow⁻¹(x):
+        ``base_energy(x0) -> u0`` (charged; with gradient when training)."""
+        y, ld = self.pull(self.to_flow(x))
+        if isinstance(self.base, GaussianBase):
+            return self.base.log_prob(y) + ld
+        x0, ld0 = self.prep(y)  # y = T⁻¹(P⁻¹(x)) = P⁻¹(x₀)
+        return self.base.log_prob_unnormalized(base_energy(x0)) + ld + ld0
+
+
+def system_device(system: System) -> torch.device:
+    return torch.device(getattr(system, "device", "cpu") or "cpu")
+
+
+def energy(system: System, x: torch.Tensor) -> torch.Tensor:
+    """u(x) through the charged ``system.energy``, as float64 on the flow's device."""
+    with torch.no_grad():
+        u = system.energy(x.detach().to(dtype=system.dtype, device=system_device(system)))
+    return u.to(dtype=torch.float64, device=x.device)
+
+
+def energy_surrogate(system: System, x: torch.Tensor, u_high: float | None = None):
+    """u(x) with a gradient with respect to x, from the system's forces (no autograd through
+    the system, so any System works, OpenMM included): the surrogate
+    ũ = u_reg + Σ g·(x − x.detach()) has value u_reg and gradient g = ∂u_reg/∂x = −f·u_reg'(u).
+
+    ``u_high`` regularizes high energies as Noé et al. (2019, supplementary) do:
+    u_reg = u for u ≤ u_high, u_high + log(1 + u − u_high) above. Rows with a non-finite
+    energy or force get value NaN and zero gradient (the caller masks them).
+    Returns (surrogate, u as float64, finite mask). Charges one force evaluation per row.
+    """
+    xs = x.detach().to(dtype=system.dtype, device=system_device(system))
+    u, f = system.energy_and_forces(xs)
+    u, f = u.to(dtype=x.dtype, device=x.device), f.to(dtype=x.dtype, device=x.device)
+    finite = torch.isfinite(u) & torch.isfinite(f).all(-1)
+    u0 = torch.where(finite, u, torch.zeros_like(u))
+    f0 = torch.where(finite[:, None], f, torch.zeros_like(f))
+    if u_high is not None and math.isfinite(u_high):
+        over = u0 > u_high
+        u_reg = torch.where(over, u_high + torch.log1p(torch.clamp(u0 - u_high, min=0.0)), u0)
+        slope = torch.where(over, 1.0 / (1.0 + torch.clamp(u0 - u_high, min=0.0)), torch.ones_like(u0))
+    else:
+        u_reg, slope = u0, torch.ones_like(u0)
+    surrogate = u_reg + ((-f0 * slope[:, None]) * (x - x.detach())).sum(-1)
+    surrogate = torch.where(finite, surrogate, torch.full_like(surrogate, math.nan))
+    return surrogate, u.to(torch.float64), finite
