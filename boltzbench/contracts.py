@@ -121,14 +121,16 @@ class CostLedger:
 
     @contextmanager
     def setup_phase(self) -> Iterator[None]:
-        """Charge everything inside the block (evaluations and wall time) to setup."""
+        """Charge everything inside the block (evaluations and wall time) to setup.
+        Re-entrant: a nested block (e.g. ``sample_initial`` inside a sampler's setup) keeps
+        the outer phase when it ends."""
         self._tick()
-        self._in_setup = True
+        outer, self._in_setup = self._in_setup, True
         try:
             yield
         finally:
             self._tick()
-            self._in_setup = False
+            self._in_setup = outer
 
     @property
     def total_evals(self) -> float:

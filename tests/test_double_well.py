@@ -88,3 +88,15 @@ def test_initial_configurations_sit_in_both_wells(generator):
 def test_single_well_parameters_are_rejected_at_construction():
     with pytest.raises(ValueError, match="b: .*single well"):
         get_system("double_well", b=-1.0)
+
+
+def test_nested_setup_phases_keep_the_outer_phase():
+    system = get_system("double_well")
+    x = torch.zeros(5, 2, dtype=torch.float64)
+    with system.ledger.setup_phase():
+        with system.ledger.setup_phase():
+            system.energy(x)
+        system.energy(x)  # still setup after the inner block ended
+    system.energy(x)
+    cost = system.ledger.as_dict()
+    assert cost["setup"]["energy_evals"] == 10 and cost["energy_evals"] == 5

@@ -334,3 +334,20 @@ def test_thermal_base_density_is_the_change_of_variables_of_the_base():
         jac = torch.autograd.functional.jacobian(whole_map, row)
         expected = -beta * u(row[None])[0] - torch.linalg.slogdet(jac)[1]
         assert abs(value - expected) < 1e-8
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_gaussian_base_with_defensive_mixture_is_a_normalized_density_it_samples(alpha):
+    """∫ q = 1 on R × circle (quadrature), and the samples' E[z²] = (1 − α) + α·τ²."""
+    from boltzbench.samplers.flows.base import GaussianBase
+
+    base = GaussianBase(torch.tensor([False, True]), defensive=alpha, defensive_scale=2.5)
+    r = torch.linspace(-15, 15, 3001, dtype=DTYPE)
+    grid = torch.stack([r, torch.zeros_like(r)], -1)
+    density = torch.exp(base.log_prob(grid))
+    total = torch.trapezoid(density, r) * 2 * math.pi  # the periodic entry is uniform
+    assert abs(total.item() - 1.0) < 1e-8
+    z = base.sample(200_000, torch.Generator().manual_seed(0), DTYPE)
+    expected = (1 - alpha) + alpha * 2.5**2
+    assert abs((z[:, 0] ** 2).mean().item() - expected) < 0.03 * expected
+    assert (z[:, 1].abs() <= math.pi).all()

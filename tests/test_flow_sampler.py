@@ -512,3 +512,11 @@ def test_energy_surrogate_has_the_regularized_energy_and_its_exact_gradient():
     assert torch.allclose(surrogate, reg) and torch.allclose(u, ur.detach())
     assert torch.allclose(grad, expected)
     assert system.ledger.sampling.force_evals == 4
+
+
+@pytest.mark.parametrize("mode", ["reweight", "mcmc"])
+def test_flow_sampler_passes_the_conformance_kit(mode):
+    from boltzbench.testing import check_sampler
+
+    check_sampler(FlowSampler(mode=mode, train_steps=300, n_layers=4, hidden=32, data_steps=500, eval_every=50,
+                              n_chains=256))

@@ -7,6 +7,7 @@ model.py        the generator: coordinates ∘ couplings ∘ base, log-densities
 train.py        maximum likelihood + energy-based KL with a schedule, Adam, clipping, early stopping
 sampler.py      FlowSampler: setup charged to the ledger, reweighting or flow-MCMC
 persistence.py  save/load a trained flow (weights_only=True), cache keys for reuse
+bench.py        training step time and sampling throughput (python -m boltzbench.samplers.flows.bench)
 """
 
 from boltzbench.samplers.flows.sampler import FlowSampler

@@ -22,6 +22,10 @@ setup cost, which budgets count):
 
 Sampling:
 
+* Proposal: the trained flow; with a Gaussian base, by default the defensive mixture
+  (1 − α)·q + α·q_τ whose latent is α-times N(0, τ²I) (``defensive``, ``defensive_scale``;
+  Hesterberg, Technometrics 37, 185 (1995)) — the flow's tails are what the data and the
+  mode-seeking KL constrain least, and a slightly too narrow tail gives unbounded weights.
 * ``mode = "reweight"``: independent flow samples x with log-weights
   log w = −u(x) − log q(x), shifted by their running maximum (so ≤ 0; stabilized), as one
   population: positions (1, n, dof), log_weights (1, n). Diagnostics: Kish ESS
@@ -62,7 +66,7 @@ import torch
 
 from boltzbench.contracts import Budget, Snapshot, System, param, require
 from boltzbench.samplers.chains import ChainTrace
-from boltzbench.samplers.flows.base import ThermalBase
+from boltzbench.samplers.flows.base import GaussianBase, ThermalBase
 from boltzbench.samplers.flows.layers import zmatrix_from_bonds
 from boltzbench.samplers.flows.model import COORDINATES, BoltzmannGenerator, energy
 from boltzbench.samplers.flows.persistence import cache_key, load_flow, save_flow
@@ -73,7 +77,7 @@ from boltzbench.contracts import Sampler
 
 #: parameters that only affect the sampling phase (not part of the reuse key)
 SAMPLING_ONLY = ("mode", "sample_batch", "n_chains", "thin", "p_local", "local_step", "reuse_dir",
-                 "charge_reused_setup", "device")
+                 "charge_reused_setup", "device", "defensive", "defensive_scale")
 #: fraction of non-finite samples above which a run fails instead of dropping them
 MAX_NONFINITE_FRACTION = 0.99
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
@@ -142,6 +146,9 @@ class FlowSampler(Sampler):
     energy_margin: float = param(100.0, "KL energies above max(data energies) + margin are log-regularized")
     train_fraction: float = param(0.5, "fraction of the cell's budget that setup (data + training) may use")
     max_train_s: float | None = param(None, "optional cap on the setup's wall seconds (data + training)")
+    defensive: float = param(0.05, "Gaussian base, sampling: weight α of a τ-times wider latent component "
+                                   "(defensive importance sampling; bounds the weights); 0 disables")
+    defensive_scale: float = param(2.0, "Gaussian base, sampling: width τ of the defensive component")
     sample_batch: int = param(4096, "reweight: flow samples per batch")
     n_chains: int = param(64, "mcmc: independent chains")
     thin: int = param(1, "mcmc: keep one state every `thin` steps")
@@ -181,6 +188,8 @@ class FlowSampler(Sampler):
         require(0.0 < self.train_fraction < 1.0, "train_fraction", f"must be in (0, 1), got {self.train_fraction}")
         require(self.max_train_s is None or self.max_train_s > 0, "max_train_s", f"must be > 0 or None, got {self.max_train_s}")
         require(0.0 <= self.p_local <= 1.0, "p_local", f"must be in [0, 1], got {self.p_local}")
+        require(0.0 <= self.defensive < 1.0, "defensive", f"must be in [0, 1), got {self.defensive}")
+        require(self.defensive_scale >= 1.0, "defensive_scale", f"must be >= 1, got {self.defensive_scale}")
         require(self.device == "cpu" or self.device.startswith("cuda"), "device",
                 f"must be 'cpu' or 'cuda[:n]', got {self.device!r}")
         require(self.reuse_dir is None or self.train_seed is not None, "train_seed",
@@ -193,6 +202,8 @@ class FlowSampler(Sampler):
         ledger = system.ledger
         bg, info = self.setup(system, budget, generator)
         bg.eval()
+        if isinstance(bg.base, GaussianBase):  # sampling proposal: the defensive mixture
+            bg.base = GaussianBase(bg.base.periodic, self.defensive, self.defensive_scale)
         if self.mode == "reweight":
             yield from self._reweight(bg, system, budget, generator, info)
         else:
@@ -295,8 +306,8 @@ class FlowSampler(Sampler):
             n_val = max(1, int(round(self.holdout * len(pool[1])))) if self.holdout > 0 else 0
             base_train = (pool[0][n_val:], pool[1][n_val:])
             base_val = (pool[0][:n_val], pool[1][:n_val]) if n_val else None
-        elif self.kl_weight > 0:
-            base_val = bg.draw_base(self.batch_size, gen)
+        elif self.kl_weight > 0:  # a fixed held-out latent batch, large enough to see rare states
+            base_val = bg.draw_base(4 * self.batch_size, gen)
 
         def should_stop():
             if budget.used(ledger) >= self.train_fraction:
