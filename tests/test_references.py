@@ -8,7 +8,7 @@ import pytest
 
 from boltzbench import Budget, get_system, make_cell, run_cell
 from boltzbench.cli import main
-from boltzbench.systems.references import ReferenceMissing, build_reference, load_reference, reference_key
+from boltzbench.systems.references import ReferenceMissing, load_reference, reference_key
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 

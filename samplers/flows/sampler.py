@@ -199,7 +199,6 @@ class FlowSampler(Sampler):
     def run(self, system: System, budget: Budget, generator: torch.Generator) -> Iterator[Snapshot]:
         if self.device != "cpu" and not torch.cuda.is_available():
             raise RuntimeError(f"device {self.device!r} requested but torch.cuda.is_available() is False")
-        ledger = system.ledger
         bg, info = self.setup(system, budget, generator)
         bg.eval()
         if isinstance(bg.base, GaussianBase):  # sampling proposal: the defensive mixture
