@@ -31,8 +31,10 @@ def _describe(matrix: Matrix) -> str:
     cells = matrix.cells()
     caps = ", ".join(f"{k} = {v:g}" for k, v in (("max_evals", matrix.budget.max_evals),
                                                   ("max_wall_s", matrix.budget.max_wall_s)) if v is not None)
-    return (f"matrix {matrix.name!r}: {len(cells)} cells = {len(matrix.systems)} systems × "
-            f"{len(matrix.samplers)} samplers × {len(matrix.seeds)} seeds; budget {caps} per cell; "
+    pairs = len(cells) // len(matrix.seeds)
+    overrides = " (some systems override it)" if any(s.budget for s in matrix.systems) else ""
+    return (f"matrix {matrix.name!r}: {len(cells)} cells = {pairs} system × sampler pairs "
+            f"({len(matrix.systems)} systems) × {len(matrix.seeds)} seeds; budget {caps} per cell{overrides}; "
             f"baseline {matrix.baseline!r}")
 
 
@@ -46,7 +48,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from boltzbench.reports.markdown import write_report
-    from boltzbench.runner import check_scheduler, run_matrix
+    from boltzbench.runner import build_missing_references, check_scheduler, run_matrix
 
     matrix = _load(args.matrix)
     check_scheduler(args.scheduler)
@@ -56,6 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')}: must be > 0, got {value}")
     out = Path(args.out) if args.out else Path("boltzbench-results") / matrix.name
     print(f"{_describe(matrix)}\nresults: {out}", file=sys.stderr)
+    if not args.no_build_references:
+        build_missing_references(matrix, out, retry_failed=args.retry_failed, progress=not args.no_progress,
+                                 log=lambda line: print(line, file=sys.stderr))
     summary = run_matrix(matrix, out, scheduler=args.scheduler, workers=args.workers,
                          timeout_s=args.cell_timeout, progress=not args.no_progress,
                          retry_failed=args.retry_failed)
@@ -204,6 +209,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="run failed and timed-out cells again")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-report", action="store_true", help="do not write the report")
+    run.add_argument("--no-build-references", action="store_true",
+                     help="do not build missing references first (their metrics then come back empty)")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a matrix and list its cells; runs nothing")

@@ -15,11 +15,17 @@ Format (see ``benchmarks/matrices/quick.toml``)::
     [[systems]]
     name = "double_well"
     params = { temperature = 1.0 }
+    budget = { max_evals = 2_000_000 } # optional; overrides the matrix budget for this system
 
     [[samplers]]
     name = "md"
     label = "md"                       # optional; needed when a sampler appears twice
     params = { dt = 0.01 }
+    systems = ["double_well"]          # optional; the system labels it runs on (default: all)
+
+A label may appear on several sampler entries whose ``systems`` are disjoint: the same
+method, tuned per system (MD's time step differs between a double well and a peptide),
+ranked as one sampler.
 
 Every error names the offending field and, where there is a closed set, the valid choices.
 """
@@ -44,7 +50,8 @@ else:  # pragma: no cover
 
 TOP_KEYS = ("name", "description", "seeds", "baseline", "metrics", "keep_samples", "budget",
             "systems", "samplers")
-COMPONENT_KEYS = ("name", "label", "params")
+SYSTEM_KEYS = ("name", "label", "params", "budget")
+SAMPLER_KEYS = ("name", "label", "params", "systems")
 BUDGET_KEYS = ("max_evals", "max_wall_s", "n_snapshots")
 
 
@@ -63,6 +70,11 @@ class Component:
     label: str
     name: str
     params: dict[str, Any]
+    budget: Budget | None = None             # systems: overrides the matrix budget
+    systems: tuple[str, ...] | None = None   # samplers: the system labels it runs on (None: all)
+
+    def applies_to(self, system: "Component") -> bool:
+        return self.systems is None or system.label in self.systems
 
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.label, "name": self.name, "params": self.params}
@@ -113,8 +125,10 @@ class Matrix:
     def cells(self) -> list[Cell]:
         cells = []
         for system, sampler, seed in itertools.product(self.systems, self.samplers, self.seeds):
+            if not sampler.applies_to(system):
+                continue
             metrics = self.metrics or registry("systems").load(system.name).default_metrics
-            cells.append(Cell(system, sampler, seed, self.budget, tuple(metrics)))
+            cells.append(Cell(system, sampler, seed, system.budget or self.budget, tuple(metrics)))
         return cells
 
 
@@ -142,8 +156,9 @@ def parse_matrix(data: dict[str, Any], source: str = "matrix", default_name: str
         if key not in data:
             raise fail(key, "missing (required)")
 
-    systems = _components(data["systems"], "systems", fail)
-    samplers = _components(data["samplers"], "samplers", fail)
+    budget = _budget(data["budget"], "budget", fail)
+    systems = _components(data["systems"], "systems", fail, budget_table=data["budget"])
+    samplers = _components(data["samplers"], "samplers", fail, system_labels=[s.label for s in systems])
 
     seeds = data["seeds"]
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
@@ -151,19 +166,7 @@ def parse_matrix(data: dict[str, Any], source: str = "matrix", default_name: str
     if len(set(seeds)) != len(seeds):
         raise fail("seeds", f"repeated seeds in {seeds!r}")
 
-    budget_table = data["budget"]
-    if not isinstance(budget_table, dict):
-        raise fail("budget", "must be a table with max_evals and/or max_wall_s")
-    _check_keys(budget_table, BUDGET_KEYS, "budget.", fail)
-    for key, value in budget_table.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail(f"budget.{key}", f"must be a number, got {value!r}")
-    try:
-        budget = Budget(**budget_table)
-    except ParameterError as exc:
-        raise fail(exc.field, exc.message) from None
-
-    labels = [s.label for s in samplers]
+    labels = list(dict.fromkeys(s.label for s in samplers))
     baseline = data.get("baseline", "md" if "md" in labels else labels[0])
     if baseline not in labels:
         raise fail("baseline", f"{baseline!r} is not a sampler of this matrix; valid choices: {', '.join(labels)}")
@@ -192,14 +195,31 @@ def parse_matrix(data: dict[str, Any], source: str = "matrix", default_name: str
     )
 
 
+def _budget(table: Any, where: str, fail) -> Budget:
+    if not isinstance(table, dict):
+        raise fail(where, "must be a table with max_evals and/or max_wall_s")
+    _check_keys(table, BUDGET_KEYS, f"{where}.", fail)
+    for key, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail(f"{where}.{key}", f"must be a number, got {value!r}")
+    try:
+        return Budget(**table)
+    except ParameterError as exc:
+        raise fail(where + exc.field.removeprefix("budget"), exc.message) from None
+
+
 def _check_keys(table: dict, valid: tuple[str, ...], prefix: str, fail) -> None:
     for key in table:
         if key not in valid:
             raise fail(f"{prefix}{key}", f"unknown key; valid keys: {', '.join(valid)}")
 
 
-def _components(entries: Any, kind: str, fail) -> tuple[Component, ...]:
-    """Validate ``[[systems]]`` or ``[[samplers]]`` entries by building each one."""
+def _components(entries: Any, kind: str, fail, system_labels: tuple[str, ...] = (),
+                budget_table: dict | None = None) -> tuple[Component, ...]:
+    """Validate ``[[systems]]`` or ``[[samplers]]`` entries by building each one.
+
+    A system entry's ``budget`` table overrides keys of the matrix's ``budget_table``; a
+    sampler entry's ``systems`` must name labels in ``system_labels``."""
     if not isinstance(entries, list) or not entries:
         raise fail(kind, f"must be a non-empty array of tables ([[{kind}]])")
     table = registry(kind)
@@ -208,7 +228,7 @@ def _components(entries: Any, kind: str, fail) -> tuple[Component, ...]:
         where = f"{kind}[{i}]"
         if not isinstance(entry, dict):
             raise fail(where, "must be a table with a name")
-        _check_keys(entry, COMPONENT_KEYS, f"{where}.", fail)
+        _check_keys(entry, SYSTEM_KEYS if kind == "systems" else SAMPLER_KEYS, f"{where}.", fail)
         name = entry.get("name")
         if not isinstance(name, str):
             raise fail(f"{where}.name", f"missing; valid choices: {', '.join(table.names())}")
@@ -226,9 +246,25 @@ def _components(entries: Any, kind: str, fail) -> tuple[Component, ...]:
         label = entry.get("label", name)
         if not isinstance(label, str) or not label:
             raise fail(f"{where}.label", f"must be a non-empty string, got {label!r}")
-        components.append(Component(label, name, instance.params()))
-    labels = [c.label for c in components]
-    for i, label in enumerate(labels):
-        if labels.index(label) != i:
-            raise fail(f"{kind}[{i}].label", f"label {label!r} is used twice; give each entry its own label")
+        budget = entry.get("budget")
+        if budget is not None:
+            if not isinstance(budget, dict):
+                raise fail(f"{where}.budget", "must be a table with max_evals and/or max_wall_s")
+            _check_keys(budget, BUDGET_KEYS, f"{where}.budget.", fail)
+            budget = _budget({**budget_table, **budget}, f"{where}.budget", fail)
+        systems = entry.get("systems")
+        if systems is not None:
+            if not (isinstance(systems, list) and systems and all(isinstance(s, str) for s in systems)):
+                raise fail(f"{where}.systems", f"must be a non-empty list of system labels, got {systems!r}")
+            for j, s in enumerate(systems):
+                if s not in system_labels:
+                    raise fail(f"{where}.systems[{j}]", f"unknown system label {s!r}; valid choices: {', '.join(system_labels)}")
+            systems = tuple(systems)
+        components.append(Component(label, name, instance.params(), budget=budget, systems=systems))
+    for i, component in enumerate(components):
+        for other in components[:i]:
+            if other.label == component.label and (
+                    other.systems is None or component.systems is None or set(other.systems) & set(component.systems)):
+                raise fail(f"{kind}[{i}].label", f"label {component.label!r} is used twice on the same system; "
+                           "give each entry its own label, or disjoint `systems`")
     return tuple(components)

@@ -43,6 +43,7 @@ BUILTIN = {
         "energy_w1": "boltzbench.metrics.wasserstein:energy_w1",
         "x1_w1": "boltzbench.metrics.wasserstein:x1_w1",
         "mean_energy_error": "boltzbench.metrics.observables:mean_energy_error",
+        "heat_capacity_error": "boltzbench.metrics.observables:heat_capacity_error",
         "delta_f_error": "boltzbench.metrics.free_energy:delta_f_error",
         "ess": "boltzbench.metrics.ess:ess",
         "ess_geyer": "boltzbench.metrics.ess:ess_geyer",

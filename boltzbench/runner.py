@@ -219,6 +219,32 @@ def check_scheduler(scheduler: str) -> None:
         raise ValueError(f"--scheduler: unknown scheduler {scheduler!r}; valid choices: {SCHEDULER_HELP}")
 
 
+def build_missing_references(matrix: Matrix, out: str | Path, *, retry_failed: bool = False,
+                             progress: bool = True, log: Callable[[str], None] = print) -> list[Path]:
+    """Build, by its recipe, the reference of every system with unfinished cells that has
+    none yet (into ``$BOLTZBENCH_REFERENCES``); returns the written provenance paths.
+
+    Runs in this process before the cells start, so that every cell finds its reference;
+    on a remote Dask cluster, point ``$BOLTZBENCH_REFERENCES`` at a shared folder.
+    """
+    from boltzbench.systems.references import ReferenceMissing, build_command, build_reference
+
+    store = Store(out)
+    todo = {cell.system.label: cell.system for cell in matrix.cells()
+            if not store.is_done(cell.cell_id, retry_failed)}
+    built = []
+    for component in todo.values():
+        system = get_system(component.name, **component.params)
+        if not system.reference_recipe:
+            continue
+        try:
+            system.reference()
+        except ReferenceMissing:
+            log(f"building the missing reference: {build_command(system)}")
+            built.append(build_reference(system, progress=progress))
+    return built
+
+
 def run_matrix(matrix: Matrix, out: str | Path, *, scheduler: str = "serial", workers: int | None = None,
                timeout_s: float | None = None, progress: bool = True, retry_failed: bool = False) -> RunSummary:
     """Run every cell of ``matrix`` not yet finished in ``out``; resumable at any point.

@@ -16,6 +16,22 @@ def mean_energy_error(samples: Samples, reference: Reference) -> float:
     return abs(float(np.sum(samples.weights() * samples.energies.ravel())) - target)
 
 
+def heat_capacity_error(samples: Samples, reference: Reference) -> float:
+    """Relative error of the excess heat capacity, |C − C_ref| / C_ref.
+
+    With reduced energies u = U/kT, the fluctuation formula C^ex/k_B = Var(U)/(kT)² =
+    Var(u) (Allen & Tildesley, *Computer Simulation of Liquids*, 2nd ed., §2.5); the
+    sample variance is weighted for importance-weighted samples. C_ref is the reference
+    samples' variance. The specific heat of Jung, Biroli & Berthier (2024) is C/N.
+    """
+    w = samples.weights()
+    u = samples.energies.ravel()
+    mean = float(np.sum(w * u))
+    variance = float(np.sum(w * (u - mean) ** 2))
+    reference_variance = float(np.var(reference.energies))
+    return abs(variance - reference_variance) / reference_variance
+
+
 def energy_histogram(energies: np.ndarray, weights: np.ndarray | None = None, bins: int = 60,
                      coverage: float = 0.999) -> dict[str, Any]:
     """A weighted density histogram {"edges": [...], "density": [...]} (JSON-able) over the

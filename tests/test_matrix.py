@@ -39,21 +39,23 @@ def ids(matrix) -> list[str]:
 
 @pytest.mark.parametrize("path", [QUICK, default_matrix_path()], ids=["repo", "installed"])
 def test_quick_matrix_validates_and_expands(path):
+    """The default matrix runs every built-in sampler at least once, each where it applies."""
     matrix = load_matrix(path)
     assert matrix.name == "quick"
     assert matrix.baseline == "md"
-    assert [s.name for s in matrix.systems] == ["double_well"]
-    assert [s.label for s in matrix.samplers] == ["md", "mc"]
+    assert [s.name for s in matrix.systems] == ["double_well", "ternary2d"]
     assert matrix.seeds == (0, 1)
     assert matrix.budget.max_evals == 2_000_000 and matrix.budget.n_snapshots == 20
     cells = matrix.cells()
-    assert len(cells) == len(matrix.systems) * len(matrix.samplers) * len(matrix.seeds) == 4
-    combos = {(c.system.label, c.sampler.label, c.seed) for c in cells}
-    assert combos == {("double_well", s, seed) for s in ("md", "mc") for seed in (0, 1)}
+    assert {c.sampler.name for c in cells} == set(BUILTIN["samplers"])
+    pairs = {(c.system.label, c.sampler.label) for c in cells}
+    assert pairs == {("double_well", s) for s in ("md", "mc", "pt", "pa", "flow")} | {
+        ("ternary2d", "md"), ("ternary2d", "swap_mc")}
+    assert len(cells) == 2 * len(pairs) and len(set(ids(matrix))) == len(cells)
+    assert {c.budget.max_evals for c in cells if c.system.label == "ternary2d"} == {500_000}
     # no metrics named: each system's defaults
-    default_metrics = registry("systems").load("double_well").default_metrics
-    assert all(c.metrics == tuple(default_metrics) for c in cells)
-    assert len(set(ids(matrix))) == 4
+    for c in cells:
+        assert c.metrics == tuple(registry("systems").load(c.system.name).default_metrics)
 
 
 def test_parameters_are_normalized_with_defaults():
@@ -251,7 +253,7 @@ def test_cli_real_exit_code_in_a_subprocess(tmp_path):
 def test_cli_validate_good_matrix(capsys):
     assert main(["validate", str(QUICK)]) == 0
     stdout = capsys.readouterr().out
-    assert stdout.startswith("ok: matrix 'quick': 4 cells")
+    assert stdout.startswith("ok: matrix 'quick': 14 cells = 7 system × sampler pairs (2 systems) × 2 seeds")
     for cell_id in ids(load_matrix(QUICK)):
         assert cell_id in stdout
 
@@ -347,3 +349,45 @@ def test_list_survives_a_metric_without_docstring(tmp_path, monkeypatch, capsys)
     monkeypatch.setitem(BUILTIN["metrics"], "nodoc", "nodoc_metric_plugin:nodoc")
     assert main(["list", "metrics"]) == 0
     assert "  nodoc" in capsys.readouterr().out
+
+
+def test_sampler_systems_filter_and_per_system_budget():
+    """A sampler runs only on its `systems`; a label tuned per system is one sampler; a
+    system's budget overrides the matrix's keys and leaves the others."""
+    data = base(systems=[{"name": "double_well"},
+                         {"name": "double_well", "label": "dw_hot", "params": {"temperature": 3.0},
+                          "budget": {"max_evals": 5000}}],
+                samplers=[{"name": "md", "params": {"dt": 0.01}, "systems": ["double_well"]},
+                          {"name": "md", "params": {"dt": 0.02}, "systems": ["dw_hot"]},
+                          {"name": "mc", "systems": ["dw_hot"]}])
+    matrix = parse_matrix(data)
+    combos = sorted((c.system.label, c.sampler.label, c.sampler.params["dt"] if c.sampler.name == "md" else None)
+                    for c in matrix.cells() if c.seed == 0)
+    assert combos == [("double_well", "md", 0.01), ("dw_hot", "mc", None), ("dw_hot", "md", 0.02)]
+    budgets = {c.system.label: c.budget for c in matrix.cells()}
+    assert budgets["double_well"].max_evals == 1000 and budgets["dw_hot"].max_evals == 5000
+    assert budgets["dw_hot"].n_snapshots == matrix.budget.n_snapshots
+    # the filter and the system budget do not enter the cell id of an unfiltered matrix
+    plain = parse_matrix(base(samplers=[{"name": "md", "params": {"dt": 0.01}}]))
+    assert ids(plain)[0] in ids(matrix)
+
+
+@pytest.mark.parametrize("samplers, field, words", [
+    ([{"name": "md", "systems": ["triple_well"]}], "samplers[0].systems[0]", ["triple_well", "double_well"]),
+    ([{"name": "md", "systems": "double_well"}], "samplers[0].systems", ["list"]),
+    ([{"name": "md"}, {"name": "md", "params": {"dt": 0.02}, "systems": ["double_well"]}],
+     "samplers[1].label", ["used twice", "disjoint"]),
+])
+def test_bad_sampler_systems(samplers, field, words):
+    with pytest.raises(MatrixError) as info:
+        parse_matrix(base(samplers=samplers))
+    assert info.value.field == field and all(w in info.value.message for w in words)
+
+
+def test_bad_system_budget():
+    with pytest.raises(MatrixError) as info:
+        parse_matrix(base(systems=[{"name": "double_well", "budget": {"max_evals": -1}}]))
+    assert info.value.field == "systems[0].budget.max_evals"
+    with pytest.raises(MatrixError) as info:
+        parse_matrix(base(systems=[{"name": "double_well", "budget": {"max_evalz": 1}}]))
+    assert info.value.field == "systems[0].budget.max_evalz"

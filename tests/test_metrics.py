@@ -21,7 +21,7 @@ from boltzbench.metrics.ess import (
     kish_ess,
 )
 from boltzbench.metrics.free_energy import delta_f_error, free_energy_difference
-from boltzbench.metrics.observables import mean_energy_error
+from boltzbench.metrics.observables import heat_capacity_error, mean_energy_error
 from boltzbench.metrics.wasserstein import energy_w1, w1_samples, w1_to_cdf, x1_w1
 
 LN3 = math.log(3.0)
@@ -361,3 +361,20 @@ def test_samples_weights_normalize_without_overflow(offset):
     assert w.sum() == pytest.approx(1.0, abs=1e-12)
     # flattened in (T, C) order: w ∝ (1, 2, 3, 4)
     np.testing.assert_allclose(w, np.array([1.0, 2.0, 3.0, 4.0]) / 10.0, rtol=1e-9)
+
+
+def test_heat_capacity_error_on_a_harmonic_oscillator():
+    """d harmonic degrees of freedom at kT = 1: u = |x|²/2, C = Var(u) = d/2 exactly.
+    Sampling at kT = 2 doubles every u, so C is 4× too large (relative error 3);
+    reweighting those samples by exp(−u + u/2) recovers the target."""
+    d, n = 10, 200_000
+    rng = np.random.default_rng(0)
+    exact_c = d / 2
+    reference = make_reference(energies=0.5 * (rng.standard_normal((n, d)) ** 2).sum(1))
+    assert np.var(reference.energies) == pytest.approx(exact_c, rel=0.02)
+    u_right = 0.5 * (rng.standard_normal((n, d)) ** 2).sum(1)
+    assert heat_capacity_error(make_samples(u_right.reshape(-1, 100)), reference) < 0.03
+    u_hot = 0.5 * ((np.sqrt(2.0) * rng.standard_normal((n, d))) ** 2).sum(1)  # target energies of kT = 2 samples
+    assert heat_capacity_error(make_samples(u_hot.reshape(-1, 100)), reference) == pytest.approx(3.0, rel=0.05)
+    log_w = (-u_hot + u_hot / 2).reshape(-1, 100)
+    assert heat_capacity_error(make_samples(u_hot.reshape(-1, 100), log_weights=log_w), reference) < 0.1

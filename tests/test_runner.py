@@ -173,3 +173,27 @@ def test_a_corrupt_record_is_rerun_on_resume(tmp_path):
     again = run_matrix(matrix, tmp_path, progress=False)
     assert (again.skipped, again.ok) == (0, 1)
     assert json.loads(path.read_text())["status"] == "ok"
+
+
+def test_run_builds_missing_references_first(tmp_path, monkeypatch, capsys):
+    """`run` builds a missing reference by the system's recipe before the cells, so that
+    the reference metrics of every cell are filled; a second run builds nothing."""
+    from boltzbench.systems.clusters import DoubleWell4
+
+    monkeypatch.setenv("BOLTZBENCH_REFERENCES", str(tmp_path / "refs"))
+    monkeypatch.setattr(DoubleWell4, "reference_recipe",
+                        {**DoubleWell4.reference_recipe, "max_evals": 16 * 8 * 300, "n_samples": 500})
+    path = tmp_path / "m.toml"
+    path.write_text('seeds = [0]\n[budget]\nmax_evals = 2000\nn_snapshots = 2\n'
+                    '[[systems]]\nname = "dw4"\nparams = { temperature = 2.0 }\n'
+                    '[[samplers]]\nname = "mc"\nparams = { n_chains = 8 }\n')
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--scheduler", "serial", "--no-report"]) == 0
+    assert "building the missing reference: boltzbench reference build dw4 --param temperature=2.0" in capsys.readouterr().err
+    assert len(list((tmp_path / "refs").glob("dw4-*.json"))) == 1
+    record = json.loads(next((out / "records").glob("*.json")).read_text())
+    assert "missing" not in record["reference"]
+    assert record["final"]["metrics"]["energy_w1"] is not None
+    assert main(["run", str(path), "--out", str(tmp_path / "out2"), "--no-progress", "--scheduler", "serial",
+                 "--no-report"]) == 0
+    assert "building" not in capsys.readouterr().err
