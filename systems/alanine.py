@@ -127,7 +127,8 @@ class AlanineDipeptide(System):
                                "OpenMM: Eastman et al., PLoS Comput. Biol. 13, e1005659 (2017)")
     units: ClassVar[str] = "positions nm; energies k_B·T at `temperature`; forces k_B·T/nm"
     states: ClassVar[tuple[str, ...]] = ("C5/C7eq/alphaR", "alphaL/C7ax")
-    default_metrics: ClassVar[tuple[str, ...]] = ("energy_w1", "mean_energy_error", "ess")
+    default_metrics: ClassVar[tuple[str, ...]] = ("dihedral_w2", "delta_f_error", "energy_w1", "mean_energy_error",
+                                                  "ess")
 
     temperature: float = param(300.0, "temperature in kelvin")
     platform: str = param("Reference", "OpenMM platform that evaluates energies: 'Reference' or 'CPU' (1 thread)")

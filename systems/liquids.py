@@ -151,8 +151,8 @@ class KobAndersen3D(LennardJonesMixture):
     """Kob-Andersen 80:20 binary Lennard-Jones mixture in 3D (Kob & Andersen 1994/95)."""
 
     name: ClassVar[str] = "ka3d"
-    reference_recipe: ClassVar[dict] = {  # long Langevin MD (τ_α ≲ 10² at T = 0.6)
-        "sampler": "md", "params": {"dt": 0.005, "n_chains": 8, "thin": 200}, "max_evals": 4e6,
+    reference_recipe: ClassVar[dict] = {  # Langevin MD, 8 chains × 1000 time units (τ_α ≲ 10² at T = 0.6)
+        "sampler": "md", "params": {"dt": 0.005, "n_chains": 8, "thin": 200}, "max_evals": 1.6e6,
         "n_samples": 2000, "burn_in": 0.2}
     description: ClassVar[str] = "Kob-Andersen 80:20 Lennard-Jones mixture, 3D, ρ = 1.2, periodic"
     citation: ClassVar[str] = "W. Kob & H. C. Andersen, PRL 73, 1376 (1994); PRE 51, 4626 (1995)"

@@ -85,12 +85,25 @@ def load_reference(system: System, folders: list[Path] | None = None) -> Referen
                                    f"rebuild it with: {build_command(system)}")
         x = torch.as_tensor(positions, dtype=system.dtype)
         observables = {k: v.detach().cpu().numpy().reshape(-1) for k, v in system.observables(x).items()}
-        return Reference(energies=energies, observables=observables, exact={}, cdfs={},
+        return Reference(energies=energies, observables=observables, exact=_sample_estimates(system, x), cdfs={},
                          provenance={**provenance, "path": str(meta_path)})
     others = sorted(p.name for folder in folders if folder.is_dir() for p in folder.glob(f"{system.name}-*.json"))
     found = f" (found only {', '.join(others)}, built for other parameters)" if others else ""
     raise ReferenceMissing(f"no reference for {system.name} with params {to_jsonable(system.params())}"
                            f"{found}; build it with: {build_command(system)}")
+
+
+def _sample_estimates(system: System, x: torch.Tensor) -> dict[str, float]:
+    """What the reference samples estimate that metrics compare against: ΔF = F_1 − F_0 =
+    −ln(P(1)/P(0)) between the system's metastable states (when it has two that both occur).
+    Not exact, but the best value available; the report names the reference's generator."""
+    if len(system.states) < 2:
+        return {}
+    from boltzbench.metrics.free_energy import free_energy_difference
+
+    labels = system.state_of(x).cpu().numpy()
+    delta_f = free_energy_difference(labels, np.ones(len(labels)))
+    return {} if delta_f is None else {"delta_f": delta_f}
 
 
 def _final_samples(snapshot, burn_in: float, n_samples: int, generator: np.random.Generator):

@@ -79,3 +79,17 @@ def test_reference_cli_errors(refs, capsys):
     assert main(["reference", "build", "double_well"]) == 2  # exact by quadrature: nothing to build
     assert main(["reference", "show", "double_well"]) == 0
     assert '"delta_f"' in capsys.readouterr().out
+
+
+def test_sample_references_carry_the_free_energy_of_their_states():
+    """A stored reference of a system with two states gives ΔF = −ln(P(1)/P(0)) from its
+    samples, which delta_f_error then compares against; none when a state never occurs."""
+    import torch
+
+    from boltzbench.systems.references import _sample_estimates
+
+    system = get_system("double_well")
+    three_left_one_right = torch.tensor([[-1.7, 0.0], [-1.8, 0.2], [-1.6, -0.1], [1.7, 0.0]], dtype=system.dtype)
+    assert _sample_estimates(system, three_left_one_right)["delta_f"] == pytest.approx(np.log(3.0), abs=1e-12)
+    assert _sample_estimates(system, three_left_one_right[:3]) == {}
+    assert _sample_estimates(get_system("dw4"), torch.zeros(2, 8, dtype=torch.float64)) == {}
