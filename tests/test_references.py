@@ -93,3 +93,27 @@ def test_sample_references_carry_the_free_energy_of_their_states():
     assert _sample_estimates(system, three_left_one_right)["delta_f"] == pytest.approx(np.log(3.0), abs=1e-12)
     assert _sample_estimates(system, three_left_one_right[:3]) == {}
     assert _sample_estimates(get_system("dw4"), torch.zeros(2, 8, dtype=torch.float64)) == {}
+
+
+SHIPPED = sorted(p.stem.split("-")[0] for p in
+                 (Path(__file__).resolve().parents[1] / "systems" / "references").glob("*.json"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_references_match_their_systems(name, monkeypatch, tmp_path):
+    """Every reference in the package loads for the default parameters (checksum and
+    params checked), its stored energies are the system's energies of its positions, and
+    its provenance names a real run that kept its budget."""
+    import torch
+
+    monkeypatch.setenv("BOLTZBENCH_REFERENCES", str(tmp_path))  # only the package
+    system = get_system(name)
+    ref = system.reference()
+    meta = ref.provenance
+    assert meta["system"] == name and meta["samples"] == len(ref.energies) >= 1000
+    assert meta["cost"]["total_evals"] <= meta["generator"]["budget"]["max_evals"] * 1.01
+    picks = np.random.default_rng(0).choice(len(ref.energies), 16, replace=False)
+    with np.load(Path(meta["path"]).with_suffix(".npz")) as data:
+        x = torch.as_tensor(data["positions"][picks], dtype=system.dtype)
+    np.testing.assert_allclose(system.energy(x).double().numpy(), ref.energies[picks], rtol=1e-9, atol=1e-9)
+    assert np.isfinite(ref.energies).all() and np.std(ref.energies) > 0
