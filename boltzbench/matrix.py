@@ -250,7 +250,6 @@ def _components(entries: Any, kind: str, fail, system_labels: tuple[str, ...] = 
         if budget is not None:
             if not isinstance(budget, dict):
                 raise fail(f"{where}.budget", "must be a table with max_evals and/or max_wall_s")
-            _check_keys(budget, BUDGET_KEYS, f"{where}.budget.", fail)
             budget = _budget({**budget_table, **budget}, f"{where}.budget", fail)
         systems = entry.get("systems")
         if systems is not None:
