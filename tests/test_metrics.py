@@ -378,3 +378,21 @@ def test_heat_capacity_error_on_a_harmonic_oscillator():
     assert heat_capacity_error(make_samples(u_hot.reshape(-1, 100)), reference) == pytest.approx(3.0, rel=0.05)
     log_w = (-u_hot + u_hot / 2).reshape(-1, 100)
     assert heat_capacity_error(make_samples(u_hot.reshape(-1, 100), log_weights=log_w), reference) < 0.1
+
+
+@pytest.mark.parametrize("seed", [2, 3, 8])
+def test_w1_with_float32_weights_and_a_far_outlier_of_no_weight(seed):
+    """A reweighted float32 flow: one sample with overlapping particles (u = 1e18) whose
+    weight underflows to 0. W1 must not see it. POT's quantile functions charged the
+    rounding of the total weight (−1e-8 for these seeds) at u = 1e18: W1 ≈ 1e10."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=10_000), rng.normal(0.3, 1.0, size=7_000)
+    log_w = np.append(rng.normal(size=10_000), -200.0).astype(np.float32)
+    w = np.exp(log_w - log_w.max())
+    w = w / w.sum()  # what Samples.weights() gives for float32 log-weights
+    assert w[-1] == 0.0 and float(np.sum(w, dtype=np.float64)) < 1.0
+    assert w1_samples(np.append(x, 1e18), y, w) == pytest.approx(w1_samples(x, y, w[:-1]), rel=1e-9)
+    assert w1_samples(x, y, w[:-1]) == pytest.approx(0.3, abs=0.05)
+    # a far outlier with real weight still counts: mass 1e-3 at 1e4 adds about 10
+    heavy = np.append(w[:-1] * (1 - 1e-3), 1e-3)
+    assert w1_samples(np.append(x, 1e4), y, heavy) == pytest.approx(w1_samples(x, y, w[:-1]) + 10.0, abs=0.1)
