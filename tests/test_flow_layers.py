@@ -20,16 +20,6 @@ from boltzbench.samplers.flows.model import BoltzmannGenerator
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Flows are many small tensor ops: intra-op threads only add synchronization (on a busy
-    2-core machine, 10-20x slower); run this module single-threaded, then restore."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def randomize(module, scale=0.5, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

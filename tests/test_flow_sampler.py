@@ -28,16 +28,6 @@ from boltzbench.samplers.flows.sampler import FlowSampler
 from boltzbench.systems.double_well import DoubleWell
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Flows are many small tensor ops: intra-op threads only add synchronization (on a busy
-    2-core machine, 10-20x slower); run this module single-threaded, then restore."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def run(sampler, system, budget, seed=0):
     return list(sampler.run(system, budget, torch.Generator().manual_seed(seed)))
 
