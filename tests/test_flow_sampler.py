@@ -23,7 +23,7 @@ import boltzbench
 from boltzbench import Budget
 from boltzbench.contracts import ParameterError, Reference, System
 from boltzbench.metrics.wasserstein import w1_to_cdf
-from boltzbench.samplers.flows.persistence import load_flow
+from boltzbench.samplers.flows.persistence import FORMAT, load_flow
 from boltzbench.samplers.flows.sampler import FlowSampler
 from boltzbench.systems.double_well import DoubleWell
 
@@ -373,7 +373,7 @@ def test_reused_flow_gives_identical_samples_and_charges_the_original_setup(trai
     files = list(cache.glob("flow-*.pt"))
     assert len(files) == 1
     state_dict, spec, meta, _ = load_flow(files[0])
-    assert torch.load(files[0], weights_only=True)["format"] == "boltzbench-flow/1"
+    assert torch.load(files[0], weights_only=True)["format"] == FORMAT
     assert spec["coordinates"] == "cartesian" and meta["setup_cost"]["force_evals"] > 0
 
     def again(seed):
@@ -411,6 +411,60 @@ def test_nan_energies_are_dropped_and_counted_never_recorded():
                        train_steps=20, n_layers=2, hidden=8)
     snapshot = run(mcmc, NanWell(), Budget(max_evals=60_000, n_snapshots=1))[-1]
     assert torch.isfinite(snapshot.energies).all() and torch.isfinite(snapshot.positions).all()
+
+
+def test_a_nonfinite_row_is_dropped_without_poisoning_the_gradient():
+    """A row whose flow output is NaN (here an infinite latent) leaves the KL gradient equal
+    to that of the finite rows alone; masking the row after the forward pass would make
+    every weight's gradient NaN (0·NaN) and the step would be lost."""
+    from boltzbench.samplers.flows.model import BoltzmannGenerator
+    from boltzbench.samplers.flows.train import kl_terms
+
+    system = boltzbench.get_system("double_well")
+    spec = {"dof": 2, "coordinates": "cartesian", "n_layers": 2, "hidden": 8, "n_hidden": 1, "n_bins": 4}
+    bg = BoltzmannGenerator(spec).double()
+    with torch.no_grad():
+        for p in bg.couplings.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1), dtype=p.dtype))
+    y = torch.randn(16, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y_bad = y.clone()
+    y_bad[3, 0] = math.inf
+
+    def grads(batch):
+        per, dropped = kl_terms(bg, system, batch, 10.0)
+        bg.zero_grad()
+        per.mean().backward()
+        return dropped, [p.grad.clone() for p in bg.couplings.parameters()]
+
+    dropped, with_bad = grads(y_bad)
+    _, clean = grads(torch.cat([y[:3], y[4:]]))
+    assert dropped == 1
+    assert all(torch.isfinite(g).all() and torch.allclose(g, c) for g, c in zip(with_bad, clean))
+
+
+def test_training_by_energy_contracts_a_too_wide_flow_onto_a_harmonic_target():
+    """KL only, from a flow 5× too wide on a 12-D harmonic oscillator (its first samples sit
+    at u ≈ 300 with outlying forces, which get clipped): the flow contracts onto the target
+    — per-dimension std 1 and ESS fraction near 1 — instead of inflating."""
+    from boltzbench.samplers.flows.model import BoltzmannGenerator
+    from boltzbench.samplers.flows.train import TrainSettings, train
+
+    system = boltzbench.get_system("harmonic", dim=12)
+    spec = {"dof": 12, "coordinates": "cartesian", "n_layers": 4, "hidden": 32, "n_hidden": 1, "n_bins": 4}
+    bg = BoltzmannGenerator(spec, torch.zeros(12), torch.full((12,), 5.0))
+    gen = torch.Generator().manual_seed(0)
+    settings = TrainSettings(steps=400, batch_size=256, lr=3e-3, ml_weight=0.0, kl_start=0.0, kl_ramp=0.0,
+                             eval_every=50, force_clip=10.0)
+    info = train(bg, system, settings, gen, data_train=None, data_val=None,
+                 base_val=bg.draw_base(1024, gen))
+    assert info["skipped_steps"] == 0
+    with torch.no_grad():
+        x, log_q = bg.push_base(bg.draw_base(20_000, gen))
+    std = x.double().std(0)
+    assert (std - 1).abs().max() < 0.1, std
+    log_w = -system._energy(x.double()) - log_q.double()
+    w = torch.exp(log_w - log_w.max())
+    assert float(w.sum() ** 2 / (w * w).sum()) / len(w) > 0.8
 
 
 class NanEverywhere(DoubleWell):
@@ -484,24 +538,30 @@ def test_cuda_device_without_cuda_is_a_clear_error():
         run(FlowSampler(device="cuda"), boltzbench.get_system("double_well"), Budget(max_evals=1000))
 
 
-def test_energy_surrogate_has_the_regularized_energy_and_its_exact_gradient():
-    """ũ's value is u_reg(u) (Noé et al.: log-regularized above u_high) and its gradient is
-    that of u_reg(u(x)) by autograd, although it only uses the system's forces."""
+def test_energy_surrogate_has_the_energy_and_its_gradient_with_outlier_forces_clipped():
+    """ũ's value is u and its gradient is ∂u/∂x by autograd, although it only uses the
+    system's forces — except for a row whose force exceeds κ × the batch's median force
+    norm, whose gradient keeps its direction with norm κ × median."""
     from boltzbench.samplers.flows.model import energy_surrogate
 
     system = boltzbench.get_system("double_well")
-    x = torch.tensor([[-2.4, 0.1], [0.0, 0.5], [3.5, -2.0], [4.5, 3.0]], dtype=torch.float64, requires_grad=True)
-    u_high = 5.0
-    surrogate, u, finite = energy_surrogate(system, x, u_high)
+    x = torch.tensor([[-2.4, 0.1], [0.0, 0.5], [1.0, -2.0], [1.5, 0.3], [9.0, 3.0]], dtype=torch.float64,
+                     requires_grad=True)
+    kappa = 10.0
+    surrogate, u, finite = energy_surrogate(system, x, kappa)
     (grad,) = torch.autograd.grad(surrogate.sum(), x)
     xr = x.detach().clone().requires_grad_(True)
     ur = system._energy(xr)
-    reg = torch.where(ur > u_high, u_high + torch.log1p(torch.clamp(ur - u_high, min=0)), ur)
-    (expected,) = torch.autograd.grad(reg.sum(), xr)
-    assert (ur > u_high).sum() == 2 and finite.all()  # both branches are exercised
-    assert torch.allclose(surrogate, reg) and torch.allclose(u, ur.detach())
-    assert torch.allclose(grad, expected)
-    assert system.ledger.sampling.force_evals == 4
+    (exact,) = torch.autograd.grad(ur.sum(), xr)
+    cap = kappa * exact.norm(dim=-1).median()
+    assert finite.all() and torch.allclose(surrogate, ur) and torch.allclose(u, ur.detach())
+    assert torch.allclose(grad[:4], exact[:4])  # every ordinary row: the exact gradient
+    assert exact[4].norm() > 3 * cap  # the far row is clipped: same direction, norm κ·median
+    assert torch.allclose(grad[4], exact[4] * cap / exact[4].norm())
+    # without clipping, every row gets the exact gradient
+    (unclipped,) = torch.autograd.grad(energy_surrogate(system, x, None)[0].sum(), x)
+    assert torch.allclose(unclipped, exact)
+    assert system.ledger.sampling.force_evals == 10
 
 
 @pytest.mark.parametrize("mode", ["reweight", "mcmc"])

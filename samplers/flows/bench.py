@@ -57,11 +57,9 @@ def measure(system_name: str = "double_well", device: str = "cpu", precision: st
             loss = 0.0
             if ml:
                 idx = torch.randint(len(data), (batch,), generator=gen).to(device)
-                per, finite = nll_terms(bg, system, data[idx], s.u_high)
-                loss = loss + per[finite].mean()
+                loss = loss + nll_terms(bg, system, data[idx], s.force_clip)[0].mean()
             if kl:
-                per, finite, _ = kl_terms(bg, system, bg.draw_base(batch, gen), s.u_high)
-                loss = loss + per[finite].mean()
+                loss = loss + kl_terms(bg, system, bg.draw_base(batch, gen), s.force_clip)[0].mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(bg.couplings.parameters(), 10.0)

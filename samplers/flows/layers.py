@@ -28,7 +28,8 @@ The conditioner's last linear layer starts at zero: every coupling starts as the
 Fixed (non-trained) layers: :class:`Standardize` (x = μ + σ·z on real entries, from data
 statistics), :class:`TorusScale` (angles ↔ positions in a periodic box) and
 :class:`InternalCoordinates` (bonds, angles, dihedrals ↔ Cartesian positions of a
-molecule, with the 6 external degrees of freedom removed explicitly; see its docstring).
+molecule, with the 6 external degrees of freedom removed explicitly; see its docstring),
+preceded by :class:`BondAngleDomain` (log-bonds and logit-angles ↔ bonds and angles).
 :class:`FlowChain` composes layers.
 """
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 TWO_PI = 2.0 * math.pi
@@ -357,6 +359,41 @@ def zmatrix_from_bonds(n_atoms: int, bonds: list[tuple[int, int]], root: int | N
         rows.append([i, j, k, cands[0]])
         placed.add(i)
     return {"first": [a0, a1, a2], "a2_ref": parent[a2], "rows": rows, "n_atoms": n_atoms}
+
+
+class BondAngleDomain(nn.Module):
+    """Unconstrained reals → the domain of bonds and angles (dihedrals pass through).
+
+    Bonds r = exp(a) ∈ (0, ∞) and angles θ = π·σ(b) ∈ (0, π), σ the logistic function;
+    log-det = Σ a + Σ [log π + log σ(b) + log σ(−b)]. Placed before
+    :class:`InternalCoordinates`, it makes every latent a valid molecule. Without it an
+    affine coupling (support R) puts mass on negative bonds and angles past π, where the
+    density is undefined; the energy-based KL loss cannot see those samples, so it can
+    move mass there at no cost (on alanine dipeptide it moved 99 % of it).
+    Layout: ``n_bonds`` bonds, ``n_angles`` angles, then the rest.
+    """
+
+    def __init__(self, n_bonds: int, n_angles: int):
+        super().__init__()
+        self.n_bonds, self.n_angles = n_bonds, n_angles
+
+    def _split(self, q):
+        nb, na = self.n_bonds, self.n_angles
+        return q[:, :nb], q[:, nb:nb + na], q[:, nb + na:]
+
+    def _logdet(self, a, b):
+        """log|det| of the forward map at unconstrained (a, b)."""
+        log_angle = math.log(math.pi) + F.logsigmoid(b) + F.logsigmoid(-b)
+        return a.sum(-1) + log_angle.sum(-1)
+
+    def forward(self, z):
+        a, b, rest = self._split(z)
+        return torch.cat([torch.exp(a), math.pi * torch.sigmoid(b), rest], -1), self._logdet(a, b)
+
+    def inverse(self, q):
+        bonds, angles, rest = self._split(q)
+        a, b = torch.log(bonds), torch.log(angles) - torch.log(math.pi - angles)
+        return torch.cat([a, b, rest], -1), -self._logdet(a, b)
 
 
 class InternalCoordinates(nn.Module):

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-FORMAT = "boltzbench-flow/1"
+FORMAT = "boltzbench-flow/2"  # 2: internal coordinates go through BondAngleDomain
 
 
 def cache_key(inputs: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ Sampling:
 * ``mode = "reweight"``: independent flow samples x with log-weights
   log w = −u(x) − log q(x), shifted by their running maximum (so ≤ 0; stabilized), as one
   population: positions (1, n, dof), log_weights (1, n). Diagnostics: Kish ESS
-  (Σw)²/Σw² (Kish, *Survey Sampling*, 1965) and its fraction of n, and log Ẑ = log mean w
+  (Σw)²/Σw² (Kish, *Survey Sampling*, 1965) and its fraction of the n drawn, and log Ẑ = log mean w
   (the log-partition function relative to the base's normalization; exact for a
   Gaussian base up to the internal-coordinate Jacobian convention).
 * ``mode = "mcmc"``: ``n_chains`` independence Metropolis–Hastings chains with flow
@@ -69,7 +69,7 @@ from boltzbench.samplers.chains import ChainTrace
 from boltzbench.samplers.flows.base import GaussianBase, ThermalBase
 from boltzbench.samplers.flows.layers import zmatrix_from_bonds
 from boltzbench.samplers.flows.model import COORDINATES, BoltzmannGenerator, energy
-from boltzbench.samplers.flows.persistence import cache_key, load_flow, save_flow
+from boltzbench.samplers.flows.persistence import FORMAT, cache_key, load_flow, save_flow
 from boltzbench.samplers.flows.train import TrainSettings, train
 from boltzbench.samplers.mc import metropolis_step
 from boltzbench.samplers.md import baoab_step
@@ -143,7 +143,7 @@ class FlowSampler(Sampler):
     holdout: float = param(0.1, "fraction of data chains held out for early stopping")
     eval_every: int = param(100, "steps between held-out evaluations")
     patience: int = param(10, "held-out evaluations without improvement before stopping")
-    energy_margin: float = param(100.0, "KL energies above max(data energies) + margin are log-regularized")
+    force_clip: float = param(10.0, "KL loss: each sample's force is clipped to force_clip × the batch's median force norm")
     train_fraction: float = param(0.5, "fraction of the cell's budget that setup (data + training) may use")
     max_train_s: float | None = param(None, "optional cap on the setup's wall seconds (data + training)")
     defensive: float = param(0.05, "Gaussian base, sampling: weight α of a τ-times wider latent component "
@@ -176,9 +176,9 @@ class FlowSampler(Sampler):
         require(self.n_hidden >= 0, "n_hidden", f"must be >= 0, got {self.n_hidden}")
         require(self.n_layers >= 2, "n_layers", f"must be >= 2 so that every coordinate is transformed, got {self.n_layers}")
         require(self.base_temperature > 1.0, "base_temperature", f"must be > 1 (hotter than the target), got {self.base_temperature}")
-        for field in ("base_step", "data_step", "lr", "clip_norm", "local_step"):
+        for field in ("base_step", "data_step", "lr", "clip_norm", "local_step", "force_clip"):
             require(getattr(self, field) > 0, field, f"must be > 0, got {getattr(self, field)}")
-        for field in ("ml_weight", "kl_weight", "kl_start", "kl_ramp", "energy_margin"):
+        for field in ("ml_weight", "kl_weight", "kl_start", "kl_ramp"):
             require(getattr(self, field) >= 0, field, f"must be >= 0, got {getattr(self, field)}")
         require(self.ml_weight > 0 or self.kl_weight > 0, "kl_weight", "ml_weight and kl_weight cannot both be 0")
         require(self.kl_start <= 1.0, "kl_start", f"must be in [0, 1], got {self.kl_start}")
@@ -212,7 +212,7 @@ class FlowSampler(Sampler):
     def training_key(self, system: System, budget: Budget) -> dict[str, Any]:
         flow_params = {k: v for k, v in self.params().items() if k not in SAMPLING_ONLY}
         return {"system": {"name": system.name, "params": system.params()}, "flow": flow_params,
-                "budget": budget.as_dict()}
+                "budget": budget.as_dict(), "format": FORMAT}
 
     def setup(self, system: System, budget: Budget, generator: torch.Generator):
         """Data, base, training — or a cached flow — all charged to the ledger's setup."""
@@ -291,13 +291,11 @@ class FlowSampler(Sampler):
                                                                    device=self.device)
         if base is not None:
             bg.base = base
-        energies = [u for u in (data_u, pool[1] if pool is not None else None) if u is not None]
-        u_high = float(torch.cat(energies).max()) + self.energy_margin if energies else None
         settings = TrainSettings(
             steps=self.train_steps, batch_size=self.batch_size, lr=self.lr, clip_norm=self.clip_norm,
             ml_weight=self.ml_weight if data is not None else 0.0, kl_weight=self.kl_weight,
             kl_start=self.kl_start, kl_ramp=self.kl_ramp, eval_every=self.eval_every,
-            patience=self.patience, u_high=u_high)
+            patience=self.patience, force_clip=self.force_clip)
         data_train = data_val = base_train = base_val = None
         if data is not None:
             data_train, data_val = self._split(data.to(dtype=bg.dtype, device=self.device), data_info["chains"])
@@ -320,7 +318,7 @@ class FlowSampler(Sampler):
         info = train(bg, system, settings, gen, data_train=data_train, data_val=data_val,
                      base_train=base_train, base_val=base_val, should_stop=should_stop,
                      budget_progress=lambda: self._setup_progress(budget, ledger, started))
-        info = {**info, "data": data_info, "coordinates": spec["coordinates"], "u_high": u_high,
+        info = {**info, "data": data_info, "coordinates": spec["coordinates"],
                 "setup_wall_s": time.perf_counter() - started}
         if base is not None:
             info["base"] = {"beta": base.beta, "step": base.step, "acceptance": base.acceptance(),
@@ -447,7 +445,8 @@ class FlowSampler(Sampler):
                 ess = kish(shifted)
                 diagnostics = {
                     "mode": "reweight", "base": self.base, "n_samples": len(energies),
-                    "n_nonfinite": n_bad, "kish_ess": ess, "ess_fraction": ess / len(energies),
+                    "n_drawn": n_total, "n_nonfinite": n_bad, "kish_ess": ess,
+                    "ess_fraction": ess / n_total,  # of every sample drawn: a dropped one has weight zero
                     "log_z": float(torch.logsumexp(log_w_all, 0) - math.log(len(energies))),
                     **self._common(bg, info)}
                 yield Snapshot(positions=positions[None], energies=energies[None], log_weights=shifted[None],

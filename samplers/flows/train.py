@@ -10,8 +10,8 @@ The total is  L = w_ML·ML + w_KL(progress)·KL,  with w_KL ramped linearly from
 ``kl_start``) to ``kl_weight`` (at ``kl_start + kl_ramp``), progress being the larger of
 step/steps and the fraction of the setup's allowance spent (budget share or wall seconds,
 whichever binds), so the schedule completes however training is stopped. The energy enters through the
-system's forces (:func:`~boltzbench.samplers.flows.model.energy_surrogate`), with Noé et al.'s
-logarithmic regularization above ``u_high``; every evaluation is charged to the ledger.
+system's forces (:func:`~boltzbench.samplers.flows.model.energy_surrogate`), each row's
+force clipped at ``force_clip`` times the batch's median; every evaluation is charged.
 
 Optimizer: Adam (Kingma & Ba, ICLR 2015) with gradient-norm clipping (Pascanu, Mikolov &
 Bengio, ICML 2013). Early stopping: every ``eval_every`` steps the held-out losses are
@@ -21,7 +21,7 @@ efficiency, whereas the data may be biased on purpose (e.g. both wells equally) 
 held-out NLL otherwise; it does not depend on the schedule's weights, so values compare
 along the run. The best parameters so far are kept and restored at the end; once the KL
 ramp is complete, training stops after ``patience`` evaluations without improvement. Non-finite samples are dropped
-from the loss and counted; a step whose gradient is not finite is skipped and counted;
+from the loss (:func:`without_nonfinite_rows`) and counted; a step whose gradient is not finite is skipped and counted;
 50 skipped steps in a row fail the run with a diagnostic.
 """
 
@@ -54,7 +54,7 @@ class TrainSettings:
     kl_ramp: float = 0.3
     eval_every: int = 100
     patience: int = 10
-    u_high: float | None = None
+    force_clip: float | None = 10.0
 
 
 class TrainingFailed(RuntimeError):
@@ -70,27 +70,42 @@ def kl_weight_at(progress: float, s: TrainSettings) -> float:
     return s.kl_weight * min(1.0, (progress - s.kl_start) / s.kl_ramp)
 
 
-def nll_terms(bg: BoltzmannGenerator, system: System, x: torch.Tensor, u_high: float | None):
-    """Per-sample −log q(x) (with gradient) and its finite mask."""
+def without_nonfinite_rows(per_sample: Callable[[Any], torch.Tensor], batch) -> tuple[torch.Tensor | None, int]:
+    """Per-sample losses of the finite rows of ``batch``, and how many rows were dropped.
+
+    A dropped row cannot simply be masked: its NaN activations meet a zero upstream
+    gradient in every weight's gradient (0·NaN = NaN), which would poison the whole step.
+    So when a row is non-finite the loss is recomputed on the finite rows alone (for the
+    KL term this evaluates, and charges, their energies again).
+    """
+    per = per_sample(batch)
+    finite = torch.isfinite(per)
+    n_bad = int((~finite).sum())
+    if n_bad == 0:
+        return per, 0
+    if n_bad == len(per):
+        return None, n_bad
+    per = per_sample(take(batch, finite))
+    finite = torch.isfinite(per)  # rows that stay finite only in a smaller batch are rare; drop them too
+    return (per if finite.all() else None), n_bad + int((~finite).sum())
+
+
+def nll_terms(bg: BoltzmannGenerator, system: System, x: torch.Tensor, force_clip: float | None):
+    """Per-sample −log q(x) (with gradient) of the finite rows of data x, and the rows dropped."""
     def base_energy(x0):
-        return energy_surrogate(system, x0, u_high)[0]
+        return energy_surrogate(system, x0, force_clip)[0]
 
-    per = -bg.log_q(x, base_energy)
-    return per, torch.isfinite(per)
-
-
-def kl_terms(bg: BoltzmannGenerator, system: System, batch, u_high: float | None):
-    """Per-sample u_reg(x) + log q(x) (with gradient), finite mask, unregularized values."""
-    x, log_q = bg.push_base(batch)
-    surrogate, u, _ = energy_surrogate(system, x, u_high)
-    per = surrogate + log_q
-    return per, torch.isfinite(per), u + log_q.detach().double()
+    return without_nonfinite_rows(lambda rows: -bg.log_q(rows, base_energy), x)
 
 
-def masked_mean(values: torch.Tensor, finite: torch.Tensor) -> torch.Tensor | None:
-    if not finite.any():
-        return None
-    return values[finite].mean()
+def kl_terms(bg: BoltzmannGenerator, system: System, batch, force_clip: float | None):
+    """Per-sample u_reg(x) + log q(x) (with gradient) for x = flow(base batch), finite rows
+    only, and the rows dropped."""
+    def per_sample(rows):
+        x, log_q = bg.push_base(rows)
+        return energy_surrogate(system, x, force_clip)[0] + log_q
+
+    return without_nonfinite_rows(per_sample, batch)
 
 
 def take(batch, idx):
@@ -116,11 +131,15 @@ def validation_loss(bg: BoltzmannGenerator, system: System, s: TrainSettings, da
             x, log_q = bg.push_base(base_val)
             per = energy(system, x) + log_q.double()
             finite = torch.isfinite(per)
-            out["val_kl"] = float(per[finite].mean()) if finite.any() else math.nan
-            out["val_kl_finite"] = float(finite.double().mean())
+            f = float(finite.double().mean())
+            out["val_kl"] = float(per[finite].mean()) if f > 0 else math.nan
+            out["val_kl_finite"] = f
+            # E_q'[u + log q] − log f = KL(q'‖p) − log Z for q' = q given a finite sample:
+            # a flow cannot improve its criterion by losing its hard samples
+            out["val_kl_conditional"] = out["val_kl"] - math.log(f) if f > 0 else math.nan
     # the early-stopping criterion: the reverse KL when the energy term is used (it sets the
     # importance-sampling efficiency, and the data may be biased on purpose), else the NLL
-    out["val"] = out.get("val_kl", out.get("val_ml", math.nan))
+    out["val"] = out.get("val_kl_conditional", out.get("val_ml", math.nan))
     return out
 
 
@@ -154,10 +173,10 @@ def train(bg: BoltzmannGenerator, system: System, s: TrainSettings, generator: t
         terms, loss = {}, None
         if use_ml:
             idx = torch.randint(len(data_train), (s.batch_size,), generator=generator)
-            per, finite = nll_terms(bg, system, data_train[idx.to(data_train.device)], s.u_high)
-            nonfinite += int((~finite).sum())
-            ml = masked_mean(per, finite)
-            if ml is not None:
+            per, dropped = nll_terms(bg, system, data_train[idx.to(data_train.device)], s.force_clip)
+            nonfinite += dropped
+            if per is not None:
+                ml = per.mean()
                 loss = s.ml_weight * ml
                 terms["ml"] = float(ml.detach())
         if w_kl > 0:
@@ -165,10 +184,10 @@ def train(bg: BoltzmannGenerator, system: System, s: TrainSettings, generator: t
                 batch = bg.draw_base(s.batch_size, generator)
             else:
                 batch = take(base_train, torch.randint(batch_len(base_train), (s.batch_size,), generator=generator))
-            per, finite, _ = kl_terms(bg, system, batch, s.u_high)
-            nonfinite += int((~finite).sum())
-            kl = masked_mean(per, finite)
-            if kl is not None:
+            per, dropped = kl_terms(bg, system, batch, s.force_clip)
+            nonfinite += dropped
+            if per is not None:
+                kl = per.mean()
                 loss = w_kl * kl if loss is None else loss + w_kl * kl
                 terms["kl"] = float(kl.detach())
         if loss is None or not torch.isfinite(loss):
