@@ -381,6 +381,12 @@ class System(Configurable, ABC):
     def sample_initial(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` starting configurations (n, dof): the same start for every sampler."""
 
+    def sample_states(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` configurations spread over the metastable ``states`` (chain i in state
+        i mod len(states)), for samplers that generate training data from every state (a
+        flow's ``data_starts = "states"``). Default: :meth:`sample_initial`."""
+        return self.sample_initial(n, generator)
+
     def reference(self) -> Reference:
         """Reference samples and exact quantities for these parameters, with provenance.
 

@@ -101,6 +101,31 @@ def _atom_indices(topology, atoms: tuple[tuple[str, str], ...]) -> list[int]:
     return found
 
 
+def _bonds() -> list[tuple[int, int]]:
+    """The covalent bonds of the molecule, as atom-index pairs."""
+    return [(bond[0].index, bond[1].index) for bond in _testsystem().topology.bonds()]
+
+
+def _rotate_beyond(x: torch.Tensor, b: int, c: int, bonds: list[tuple[int, int]], angle: float) -> torch.Tensor:
+    """Rotate the atoms on c's side of the bond b–c about the axis b→c by ``angle``
+    (right-handed; it adds ``angle`` to every dihedral a–b–c–d). x: (atoms, 3)."""
+    side, todo = {c}, [c]
+    while todo:
+        atom = todo.pop()
+        for i, j in bonds:
+            for here, there in ((i, j), (j, i)):
+                if here == atom and there != b and there not in side:
+                    side.add(there)
+                    todo.append(there)
+    k = (x[c] - x[b]) / torch.linalg.vector_norm(x[c] - x[b])
+    v = x[sorted(side)] - x[b]
+    cos, sin = np.cos(angle), np.sin(angle)
+    rotated = v * cos + torch.linalg.cross(k.expand_as(v), v) * sin + k * (v @ k)[:, None] * (1 - cos)
+    out = x.clone()
+    out[sorted(side)] = x[b] + rotated
+    return out
+
+
 def _vacuum_system():
     """A copy of the test system's OpenMM System without its CMMotionRemover (a dynamics
     aid that has no energy; leaving it out makes OpenMM dynamics plain Langevin dynamics of
@@ -216,8 +241,10 @@ class AlanineDipeptide(System):
         The evaluations go through :meth:`energy_and_forces` inside the ledger's setup
         phase, so the minimization is charged to setup, once per system instance.
         """
-        start = np.asarray(_testsystem().positions._value, dtype=np.float64).reshape(-1)
+        return self._minimize(np.asarray(_testsystem().positions._value, dtype=np.float64).reshape(-1))
 
+    def _minimize(self, start: np.ndarray) -> torch.Tensor:
+        """BFGS on u from ``start`` (66,) to a largest force of 1e-4 k_B·T/nm, charged to setup."""
         def u_and_grad(flat: np.ndarray) -> tuple[float, np.ndarray]:
             u, f = self.energy_and_forces(torch.from_numpy(flat)[None])
             return float(u[0]), -f[0].numpy()
@@ -227,8 +254,27 @@ class AlanineDipeptide(System):
                                              options={"maxiter": 2000, "gtol": 1e-4})
         return torch.as_tensor(result.x, dtype=self.dtype)
 
+    @functools.cached_property
+    def state_minima(self) -> torch.Tensor:
+        """(2, 66): a minimum in each state. State 0: :attr:`minimized_positions` (C5).
+        State 1: from it, φ and ψ turned to the C7ax values (75°, −65°; e.g. Chodera et al.
+        2006, Fig. 1) by rigid rotations of the atoms beyond the N–CA (then CA–C) bond,
+        then minimized (charged to setup)."""
+        x = self.minimized_positions.reshape(N_ATOMS, 3).clone()
+        for (name, target) in (("phi", np.radians(75.0)), ("psi", np.radians(-65.0))):
+            a, b, c, d = self._dihedral_atoms[name]
+            now = float(dihedral(x[a], x[b], x[c], x[d]))
+            x = _rotate_beyond(x, b, c, _bonds(), target - now)
+        c7ax = self._minimize(x.reshape(-1).numpy())
+        return torch.stack([self.minimized_positions, c7ax])
+
     def sample_initial(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` copies of the minimized structure plus N(0, (1 pm)²) noise per coordinate."""
         noise = torch.randn(n, self.dof, generator=generator, dtype=self.dtype)
         return self.minimized_positions + INITIAL_NOISE_NM * noise
+
+    def sample_states(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Chain i starts at the minimum of state i mod 2 (C5, C7ax) plus 1 pm noise."""
+        noise = torch.randn(n, self.dof, generator=generator, dtype=self.dtype)
+        return self.state_minima[torch.arange(n) % 2] + INITIAL_NOISE_NM * noise
 

@@ -174,6 +174,21 @@ def test_sample_initial_is_the_minimum_plus_picometre_noise_and_deterministic(al
     assert not torch.equal(x, alanine.sample_initial(200, torch.Generator().manual_seed(1)))
 
 
+def test_sample_states_starts_alternate_between_the_c5_and_c7ax_minima(alanine):
+    """The state-1 minimum is a true minimum (small force) in the C7ax region (φ ≈ 55–85°,
+    ψ ≈ −75 to −55°), a few k_B·T above C5 (Amber ff96, vacuum: about 2.7)."""
+    minima = alanine.state_minima
+    assert alanine.state_of(minima).tolist() == [0, 1]
+    u, f = alanine.energy_and_forces(minima)
+    assert float(f.abs().max()) < 0.5
+    assert 1.0 < float(u[1] - u[0]) < 5.0
+    phi, psi = (math.degrees(float(v[1])) for v in alanine.observables(minima).values())
+    assert 55 < phi < 85 and -75 < psi < -55
+    x = alanine.sample_states(6, torch.Generator().manual_seed(0))
+    assert alanine.state_of(x).tolist() == [0, 1, 0, 1, 0, 1]
+    assert (x - minima[torch.arange(6) % 2]).abs().max() < 1e-2
+
+
 def test_states_split_phi_at_zero_and_at_phi_split(alanine):
     x = alanine.minimized_positions[None]
     mirror = (x.reshape(22, 3) * torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)).reshape(1, -1)

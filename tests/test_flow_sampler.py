@@ -287,6 +287,26 @@ def test_thermal_base_reweighting_is_exact_on_the_double_well():
     assert se < 0.05
 
 
+def test_data_from_parallel_tempering_train_a_flow_that_reweights_exactly():
+    """data_sampler = "pt": the chains of a registered sampler are the ML data. PT's data
+    come with the right weights (MD from one well would not), they are charged to setup
+    within its half share, and the reweighted flow gives the exact P(right)."""
+    system = boltzbench.get_system("double_well")
+    sampler = FlowSampler(data_sampler="pt", data_params=dict(n_replicas=4, t_max=6.0, n_chains=8, step=0.8),
+                          train_steps=300, n_layers=4, hidden=32, eval_every=50, sample_batch=8192)
+    budget = Budget(max_evals=600_000, n_snapshots=1)
+    snapshot = run(sampler, system, budget)[-1]
+    data = snapshot.diagnostics["training"]["data"]
+    assert data["sampler"] == "pt" and data["chains"] == 8 and data["params"]["n_replicas"] == 4
+    assert data["samples"] > 2000
+    setup = snapshot.cost["setup"]
+    assert data["diagnostics"]["rounds"] > 0 and setup["energy_evals"] >= 0.5 * 0.5 * budget.max_evals * 0.99
+    w = weights(snapshot)
+    mu, se = ratio_estimate((snapshot.positions[0, :, 0] > 0).double().numpy(), w)
+    assert_within(mu, se, system.reference().exact["p_right"], what="P(right)")
+    assert se < 2e-3
+
+
 def test_thermal_base_flow_mcmc_with_local_moves_runs_and_charges_the_base():
     """MCMC with a thermal base: every flow proposal costs base_stride MC steps per chain,
     and a local move pays for u at flow⁻¹(x) (the base density of the moved state)."""
@@ -411,6 +431,25 @@ def test_nan_energies_are_dropped_and_counted_never_recorded():
                        train_steps=20, n_layers=2, hidden=8)
     snapshot = run(mcmc, NanWell(), Budget(max_evals=60_000, n_snapshots=1))[-1]
     assert torch.isfinite(snapshot.energies).all() and torch.isfinite(snapshot.positions).all()
+
+
+def test_importance_weighted_bound_lies_between_the_elbo_and_log_z():
+    """For a Gaussian proposal N(0, 1.2²) of the target N(0, 1) (log Z = log √(2π) with
+    u = x²/2): the k = 1 bound is the ELBO, the bound rises with k towards log Z, and a
+    lost (zero-weight) sample lowers it by little."""
+    from boltzbench.samplers.flows.train import importance_weighted_bound
+
+    x = 1.2 * torch.randn(80_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    log_q = -0.5 * (x / 1.2) ** 2 - math.log(1.2 * math.sqrt(2 * math.pi))
+    log_w = -0.5 * x ** 2 - log_q
+    log_z = 0.5 * math.log(2 * math.pi)
+    elbo = log_z - (math.log(1 / 1.2) + 1.2 ** 2 / 2 - 0.5)  # log Z − KL(q‖p)
+    bounds = [importance_weighted_bound(log_w, k) for k in (1, 8, 64)]
+    assert bounds[0] == pytest.approx(elbo, abs=3e-3)
+    assert bounds[0] < bounds[1] < bounds[2] < log_z + 1e-3
+    lost = log_w.clone()
+    lost[::1000] = -math.inf
+    assert bounds[1] - 0.01 < importance_weighted_bound(lost, 8) < bounds[1]
 
 
 def test_a_nonfinite_row_is_dropped_without_poisoning_the_gradient():

@@ -6,13 +6,17 @@ setup cost, which budgets count):
 1. **Data** for maximum likelihood and for the standardization statistics: Langevin MD
    (BAOAB, ``data_sampler = "md"``, time step ``data_step``) or Metropolis MC (``"mc"``,
    step ``data_step``) at the *target* temperature, ``data_chains`` chains started from
-   ``system.sample_initial`` for ``data_steps`` steps, the first 10 % discarded, every
-   ``data_thin``-th state kept. On the double well the starts put half the chains in each
-   well (``DoubleWell.sample_initial``), so the data cover both states but with the wrong
-   weights (½ each instead of 0.992/0.008) — as in Noé et al. (2019), who fed data from both
-   states; the KL term and the reweighting fix the weights. Chains (not samples) are split
-   into training and held-out sets (``holdout``) so held-out data are not correlated with
-   training data.
+   ``system.sample_initial`` (``data_starts = "states"``: from ``system.sample_states``,
+   chains spread over the metastable states) for ``data_steps`` steps, the first 10 %
+   discarded, every ``data_thin``-th state kept; or any registered sampler with
+   unweighted chains (``data_sampler = "pt"``, parameters ``data_params``), run on half of
+   the setup's budget share, whose chains are the data. On the double well the starts put
+   half the chains in each well (``DoubleWell.sample_initial``), so the data cover both
+   states but with the wrong weights (½ each instead of 0.992/0.008) — as in Noé et al.
+   (2019), who fed data from both states; the KL term and the reweighting fix the
+   weights. ``balance_states`` draws each state's data equally often in the ML loss.
+   Chains (not samples) are split into training and held-out sets (``holdout``) so
+   held-out data are not correlated with training data.
 2. **Thermal base** (``base = "thermal"``): ``base_chains`` chains at T_base =
    ``base_temperature``·T (β_base = 1/base_temperature), ``base_warmup`` steps (MC steps
    adapted towards 40 % acceptance during warm-up only), then a pool of ``base_pool``
@@ -64,7 +68,8 @@ from typing import Any, ClassVar, Iterator
 
 import torch
 
-from boltzbench.contracts import Budget, Snapshot, System, param, require
+from boltzbench.contracts import Budget, ParameterError, Snapshot, System, param, require
+from boltzbench.registry import get_sampler, registry
 from boltzbench.samplers.chains import ChainTrace
 from boltzbench.samplers.flows.base import GaussianBase, ThermalBase
 from boltzbench.samplers.flows.layers import zmatrix_from_bonds
@@ -80,6 +85,7 @@ SAMPLING_ONLY = ("mode", "sample_batch", "n_chains", "thin", "p_local", "local_s
                  "charge_reused_setup", "device", "defensive", "defensive_scale")
 #: fraction of non-finite samples above which a run fails instead of dropping them
 MAX_NONFINITE_FRACTION = 0.99
+BUILTIN_DATA = ("md", "mc")  #: data samplers run here on data_chains × data_steps
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -105,6 +111,15 @@ def bond_graph(system: System) -> list[tuple[int, int]] | None:
     return pairs or None
 
 
+def state_balance(system: System, data: torch.Tensor) -> tuple[torch.Tensor, dict[str, int]]:
+    """Weights 1/(count of its state) per configuration, so each state present in ``data``
+    is drawn equally often, and the counts by state name."""
+    state = system.state_of(data.to(dtype=system.dtype, device="cpu")).long()
+    counts = torch.bincount(state, minlength=len(system.states)).double()
+    weights = (1.0 / counts)[state]
+    return weights.to(data.device), {name: int(n) for name, n in zip(system.states, counts.tolist())}
+
+
 @dataclass
 class FlowSampler(Sampler):
     """Normalizing-flow Boltzmann generator (RealNVP / circular splines / internal coordinates)."""
@@ -127,11 +142,17 @@ class FlowSampler(Sampler):
     hidden: int = param(64, "width of the conditioner networks")
     n_hidden: int = param(2, "hidden layers of each conditioner")
     n_bins: int = param(8, "bins of the circular splines (periodic coordinates)")
-    data_sampler: str = param("md", "training data at the target: 'md', 'mc' or 'none'")
+    data_sampler: str = param("md", "training data at the target: 'md' (BAOAB), 'mc' (Metropolis), 'none', "
+                                    "or any registered sampler with unweighted chains, e.g. 'pt'")
+    data_params: dict | None = param(None, "parameters of a registered data_sampler (not 'md' or 'mc')")
+    data_starts: str = param("initial", "data chains start from 'initial' (system.sample_initial) or "
+                                        "'states' (system.sample_states: every metastable state)")
     data_step: float = param(0.01, "data: MD time step or MC step σ")
     data_chains: int = param(64, "data: chains, started from system.sample_initial")
     data_steps: int = param(2000, "data: steps per chain (first 10 % discarded)")
     data_thin: int = param(10, "data: keep every data_thin-th state")
+    balance_states: bool = param(False, "ML: draw the data of each of the system's states equally often "
+                                        "(the reweighting restores the Boltzmann populations)")
     ml_weight: float = param(1.0, "weight of the maximum-likelihood loss")
     kl_weight: float = param(1.0, "final weight of the energy-based (reverse) KL loss")
     kl_start: float = param(0.2, "training progress at which the KL weight starts to ramp up")
@@ -163,7 +184,7 @@ class FlowSampler(Sampler):
     def __post_init__(self) -> None:
         choices = {"mode": ("reweight", "mcmc"), "base": ("gaussian", "thermal"),
                    "base_sampler": ("mc", "md"), "coordinates": ("auto",) + COORDINATES,
-                   "data_sampler": ("md", "mc", "none"), "precision": tuple(PRECISIONS)}
+                   "data_starts": ("initial", "states"), "precision": tuple(PRECISIONS)}
         for field, valid in choices.items():
             value = getattr(self, field)
             require(value in valid, field, f"must be one of {', '.join(map(repr, valid))}, got {value!r}")
@@ -173,6 +194,20 @@ class FlowSampler(Sampler):
         for field in positive_ints:
             require(getattr(self, field) >= 1, field, f"must be an integer >= 1, got {getattr(self, field)}")
         require(self.base_warmup >= 0, "base_warmup", f"must be >= 0, got {self.base_warmup}")
+        data_choices = BUILTIN_DATA + ("none",) + tuple(n for n in registry("samplers").names()
+                                                         if n not in BUILTIN_DATA + (self.name,))
+        require(self.data_sampler in data_choices, "data_sampler",
+                f"must be one of {', '.join(map(repr, data_choices))}, got {self.data_sampler!r}")
+        require(self.data_params is None or isinstance(self.data_params, dict), "data_params",
+                f"must be a table of the data sampler's parameters, got {self.data_params!r}")
+        if self.data_params and self.data_sampler not in data_choices[len(BUILTIN_DATA) + 1:]:
+            raise ParameterError("data_params", f"only a registered data_sampler takes parameters "
+                                                f"(data_sampler = {self.data_sampler!r})")
+        if self.data_sampler not in BUILTIN_DATA + ("none",):
+            try:
+                get_sampler(self.data_sampler, **(self.data_params or {}))
+            except ParameterError as exc:
+                raise ParameterError(f"data_params.{exc.field}", exc.message) from exc
         require(self.n_hidden >= 0, "n_hidden", f"must be >= 0, got {self.n_hidden}")
         require(self.n_layers >= 2, "n_layers", f"must be >= 2 so that every coordinate is transformed, got {self.n_layers}")
         require(self.base_temperature > 1.0, "base_temperature", f"must be > 1 (hotter than the target), got {self.base_temperature}")
@@ -184,6 +219,8 @@ class FlowSampler(Sampler):
         require(self.kl_start <= 1.0, "kl_start", f"must be in [0, 1], got {self.kl_start}")
         require(self.ml_weight == 0 or self.data_sampler != "none", "data_sampler",
                 "ml_weight > 0 needs training data: set data_sampler to 'md' or 'mc' (or ml_weight = 0)")
+        require(not self.balance_states or self.data_sampler != "none", "balance_states",
+                "needs training data (data_sampler is 'none')")
         require(0.0 <= self.holdout < 1.0, "holdout", f"must be in [0, 1), got {self.holdout}")
         require(0.0 < self.train_fraction < 1.0, "train_fraction", f"must be in (0, 1), got {self.train_fraction}")
         require(self.max_train_s is None or self.max_train_s > 0, "max_train_s", f"must be > 0 or None, got {self.max_train_s}")
@@ -228,11 +265,13 @@ class FlowSampler(Sampler):
         # sample_initial opens its own ledger.setup_phase() (relaxation) ends the phase on
         # exit, which would send the rest of a nested setup to the sampling cost.
         starts = {}
-        for key, n, wanted in (("data", self.data_chains, self.data_sampler != "none"),
-                               ("base", self.base_chains, self.base == "thermal")):
+        for key, n, wanted, draw in (
+                ("data", self.data_chains, self.data_sampler in BUILTIN_DATA,
+                 system.sample_states if self.data_starts == "states" else system.sample_initial),
+                ("base", self.base_chains, self.base == "thermal", system.sample_initial)):
             if wanted:
                 with ledger.setup_phase():
-                    starts[key] = system.sample_initial(n, train_gen)
+                    starts[key] = draw(n, train_gen)
         with ledger.setup_phase():
             bg, info, base_state = self._train(system, budget, train_gen, starts)
         if path is not None:
@@ -296,9 +335,14 @@ class FlowSampler(Sampler):
             ml_weight=self.ml_weight if data is not None else 0.0, kl_weight=self.kl_weight,
             kl_start=self.kl_start, kl_ramp=self.kl_ramp, eval_every=self.eval_every,
             patience=self.patience, force_clip=self.force_clip)
-        data_train = data_val = base_train = base_val = None
+        data_train = data_val = base_train = base_val = train_weights = val_weights = None
         if data is not None:
             data_train, data_val = self._split(data.to(dtype=bg.dtype, device=self.device), data_info["chains"])
+            if self.balance_states:
+                if not system.states:
+                    raise RuntimeError(f"balance_states: {system.name!r} defines no states (System.states)")
+                train_weights, data_info["states"] = state_balance(system, data_train)
+                val_weights = None if data_val is None else state_balance(system, data_val)[0]
         if pool is not None:
             n_val = max(1, int(round(self.holdout * len(pool[1])))) if self.holdout > 0 else 0
             base_train = (pool[0][n_val:], pool[1][n_val:])
@@ -316,7 +360,8 @@ class FlowSampler(Sampler):
             return None
 
         info = train(bg, system, settings, gen, data_train=data_train, data_val=data_val,
-                     base_train=base_train, base_val=base_val, should_stop=should_stop,
+                     base_train=base_train, base_val=base_val, data_weights=train_weights,
+                     val_weights=val_weights, should_stop=should_stop,
                      budget_progress=lambda: self._setup_progress(budget, ledger, started))
         info = {**info, "data": data_info, "coordinates": spec["coordinates"],
                 "setup_wall_s": time.perf_counter() - started}
@@ -352,6 +397,8 @@ class FlowSampler(Sampler):
         if it would eat more than half of the training budget."""
         if self.data_sampler == "none":
             return None, None, {"sampler": "none", "chains": 0, "samples": 0}
+        if self.data_sampler not in BUILTIN_DATA:
+            return self._data_from_sampler(system, budget, gen)
         ledger = system.ledger
         if self.data_sampler == "md":
             u, f = system.energy_and_forces(x)
@@ -381,6 +428,29 @@ class FlowSampler(Sampler):
                                f"{self.data_sampler!r}; lower data_step")
         return data, data_u, {"sampler": self.data_sampler, "chains": self.data_chains, "steps": steps,
                               "samples": len(data_u), "truncated_by_budget": truncated}
+
+    def _data_from_sampler(self, system: System, budget: Budget, gen: torch.Generator):
+        """Data from the registered sampler ``data_sampler`` with ``data_params``, run on half
+        of the setup's share of the budget (as the MD/MC data at most use): the kept
+        states of its last snapshot, which must be unweighted chains (T, C, dof)."""
+        sampler = get_sampler(self.data_sampler, **(self.data_params or {}))
+        ledger = system.ledger
+        limits = {}
+        if budget.max_evals is not None:
+            limits["max_evals"] = ledger.total_evals + 0.5 * self.train_fraction * budget.max_evals
+        if budget.max_wall_s is not None:
+            limits["max_wall_s"] = ledger.total_wall_s + 0.5 * self.train_fraction * budget.max_wall_s
+        last = None
+        for last in sampler.run(system, Budget(**limits, n_snapshots=1), gen):
+            pass
+        if last is None or last.log_weights is not None:
+            raise RuntimeError(f"data_sampler {self.data_sampler!r} must yield unweighted chains; it yielded "
+                               f"{'nothing' if last is None else 'weighted samples'}")
+        n_kept, n_chains = last.positions.shape[:2]
+        data = last.positions.reshape(n_kept * n_chains, -1)
+        data_u = last.energies.reshape(-1)
+        return data, data_u, {"sampler": self.data_sampler, "params": sampler.params(), "chains": n_chains,
+                              "samples": len(data_u), "diagnostics": last.diagnostics}
 
     def _spec(self, system: System) -> dict[str, Any]:
         coordinates = self.coordinates
