@@ -307,6 +307,31 @@ def test_data_from_parallel_tempering_train_a_flow_that_reweights_exactly():
     assert se < 2e-3
 
 
+class LeftStartWell(DoubleWell):
+    """The double well whose common start is the left well only; sample_states keeps both."""
+
+    def sample_initial(self, n, generator):
+        x = 0.1 * torch.randn(n, 2, generator=generator, dtype=self.dtype)
+        x[:, 0] += float(self.minima()[0])
+        return x
+
+    def sample_states(self, n, generator):
+        return super().sample_initial(n, generator)
+
+
+@pytest.mark.parametrize("starts", ["initial", "states"])
+def test_data_starts_choose_where_the_data_chains_begin_and_balance_states_counts_them(starts):
+    """MD data at kT = 1 do not cross the 9 kT barrier in 300 steps: from sample_initial
+    (left well) the data hold one state; from sample_states both, and balanced ML draws
+    each equally often."""
+    sampler = FlowSampler(data_starts=starts, balance_states=True, data_steps=300, data_chains=32,
+                          train_steps=20, n_layers=2, hidden=8, sample_batch=1024)
+    snapshot = run(sampler, LeftStartWell(), Budget(max_evals=60_000, n_snapshots=1))[-1]
+    counts = snapshot.diagnostics["training"]["data"]["states"]
+    assert counts["left"] > 0
+    assert (counts["right"] > 0.3 * counts["left"]) if starts == "states" else counts["right"] == 0
+
+
 def test_thermal_base_flow_mcmc_with_local_moves_runs_and_charges_the_base():
     """MCMC with a thermal base: every flow proposal costs base_stride MC steps per chain,
     and a local move pays for u at flow⁻¹(x) (the base density of the moved state)."""

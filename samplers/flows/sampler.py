@@ -113,11 +113,13 @@ def bond_graph(system: System) -> list[tuple[int, int]] | None:
 
 def state_balance(system: System, data: torch.Tensor) -> tuple[torch.Tensor, dict[str, int]]:
     """Weights 1/(count of its state) per configuration, so each state present in ``data``
-    is drawn equally often, and the counts by state name."""
-    state = system.state_of(data.to(dtype=system.dtype, device="cpu")).long()
-    counts = torch.bincount(state, minlength=len(system.states)).double()
-    weights = (1.0 / counts)[state]
-    return weights.to(data.device), {name: int(n) for name, n in zip(system.states, counts.tolist())}
+    (and the unlabelled ones, state −1, as one more group) is drawn equally often; and the
+    counts by state name."""
+    group = system.state_of(data.to(dtype=system.dtype, device="cpu")).long() + 1
+    counts = torch.bincount(group, minlength=len(system.states) + 1).double()
+    weights = (1.0 / counts)[group]
+    names = ("none",) + tuple(system.states)
+    return weights.to(data.device), {name: int(n) for name, n in zip(names, counts.tolist()) if name != "none" or n}
 
 
 @dataclass
