@@ -147,10 +147,10 @@ class FlowSampler(Sampler):
     data_sampler: str = param("md", "training data at the target: 'md' (BAOAB), 'mc' (Metropolis), 'none', "
                                     "or any registered sampler with unweighted chains, e.g. 'pt'")
     data_params: dict | None = param(None, "parameters of a registered data_sampler (not 'md' or 'mc')")
-    data_starts: str = param("initial", "data chains start from 'initial' (system.sample_initial) or "
-                                        "'states' (system.sample_states: every metastable state)")
+    data_starts: str = param("initial", "data ('md', 'mc'): chains start from 'initial' (system.sample_initial) "
+                                        "or 'states' (system.sample_states: every metastable state)")
     data_step: float = param(0.01, "data: MD time step or MC step σ")
-    data_chains: int = param(64, "data: chains, started from system.sample_initial")
+    data_chains: int = param(64, "data ('md', 'mc'): chains, started as data_starts says")
     data_steps: int = param(2000, "data: steps per chain (first 10 % discarded)")
     data_thin: int = param(10, "data: keep every data_thin-th state")
     balance_states: bool = param(False, "ML: draw the data of each of the system's states equally often "
@@ -202,7 +202,7 @@ class FlowSampler(Sampler):
                 f"must be one of {', '.join(map(repr, data_choices))}, got {self.data_sampler!r}")
         require(self.data_params is None or isinstance(self.data_params, dict), "data_params",
                 f"must be a table of the data sampler's parameters, got {self.data_params!r}")
-        if self.data_params and self.data_sampler not in data_choices[len(BUILTIN_DATA) + 1:]:
+        if self.data_params and self.data_sampler in BUILTIN_DATA + ("none",):
             raise ParameterError("data_params", f"only a registered data_sampler takes parameters "
                                                 f"(data_sampler = {self.data_sampler!r})")
         if self.data_sampler not in BUILTIN_DATA + ("none",):

@@ -19,11 +19,12 @@ computed (ML on held-out data; KL and an importance-weighted bound on log Z on a
 held-out base batch). The criterion is that bound (:func:`importance_weighted_bound`)
 when the energy term is used — it measures the flow as an importance-sampling proposal,
 whereas the data may be biased on purpose (e.g. both wells equally) — and the held-out
-NLL otherwise; it does not depend on
-the schedule's weights, so values compare along the run. The best parameters so far are kept and restored at the end; once the KL
-ramp is complete, training stops after ``patience`` evaluations without improvement. Non-finite samples are dropped
-from the loss (:func:`without_nonfinite_rows`) and counted; a step whose gradient is not finite is skipped and counted;
-50 skipped steps in a row fail the run with a diagnostic.
+NLL otherwise; it does not depend on the schedule's weights, so values compare along the
+run. The best parameters so far are kept and restored at the end; once the KL ramp is
+complete, training stops after ``patience`` evaluations without improvement. Non-finite
+samples are dropped from the loss (:func:`without_nonfinite_rows`) and counted; a step
+whose gradient is not finite is skipped and counted; 50 skipped steps in a row fail the
+run with a diagnostic.
 """
 
 from __future__ import annotations
@@ -87,9 +88,7 @@ def without_nonfinite_rows(per_sample: Callable[[Any], torch.Tensor], batch) -> 
         return per, 0
     if n_bad == len(per):
         return None, n_bad
-    per = per_sample(take(batch, finite))
-    finite = torch.isfinite(per)  # rows that stay finite only in a smaller batch are rare; drop them too
-    return (per if finite.all() else None), n_bad + int((~finite).sum())
+    return per_sample(take(batch, finite)), n_bad
 
 
 def nll_terms(bg: BoltzmannGenerator, system: System, x: torch.Tensor, force_clip: float | None):
@@ -101,8 +100,8 @@ def nll_terms(bg: BoltzmannGenerator, system: System, x: torch.Tensor, force_cli
 
 
 def kl_terms(bg: BoltzmannGenerator, system: System, batch, force_clip: float | None):
-    """Per-sample u_reg(x) + log q(x) (with gradient) for x = flow(base batch), finite rows
-    only, and the rows dropped."""
+    """Per-sample u(x) + log q(x) (with gradient; forces clipped, see ``energy_surrogate``)
+    for x = flow(base batch), finite rows only, and the rows dropped."""
     def per_sample(rows):
         x, log_q = bg.push_base(rows)
         return energy_surrogate(system, x, force_clip)[0] + log_q
