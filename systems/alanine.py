@@ -261,7 +261,7 @@ class AlanineDipeptide(System):
         2006, Fig. 1) by rigid rotations of the atoms beyond the N–CA (then CA–C) bond,
         then minimized (charged to setup)."""
         x = self.minimized_positions.reshape(N_ATOMS, 3).clone()
-        for (name, target) in (("phi", np.radians(75.0)), ("psi", np.radians(-65.0))):
+        for name, target in (("phi", np.radians(75.0)), ("psi", np.radians(-65.0))):
             a, b, c, d = self._dihedral_atoms[name]
             now = float(dihedral(x[a], x[b], x[c], x[d]))
             x = _rotate_beyond(x, b, c, _bonds(), target - now)

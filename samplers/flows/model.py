@@ -160,10 +160,11 @@ def energy_surrogate(system: System, x: torch.Tensor, force_clip: float | None =
     its influence. Noé et al. (2019, supplementary) regularize the energy instead,
     logarithmically above a threshold; that makes the reverse KL unbounded below (a flow
     stretching d harmonic degrees of freedom by λ gains d·log λ of entropy for ~2·log λ of
-    regularized energy), and on alanine dipeptide it tore the flow's bonds apart. Rows
-    with at most the median force and the majority that drives training see the true
-    gradient, so the loss stays bounded. Rows with a non-finite energy or force get value
-    NaN and zero gradient (the caller drops them).
+    regularized energy), and on alanine dipeptide it tore the flow's bonds apart. Every
+    row below the cap, the bulk of the batch, sees its true gradient, and a clipped row
+    still pays a cost growing linearly with distance, so the loss stays bounded below.
+    Rows with a non-finite energy or force get value NaN and zero gradient (the caller
+    drops them).
     Returns (surrogate, u as float64, finite mask). Charges one force evaluation per row.
     """
     xs = x.detach().to(dtype=system.dtype, device=system_device(system))
