@@ -475,6 +475,8 @@ def test_importance_weighted_bound_lies_between_the_elbo_and_log_z():
     lost = log_w.clone()
     lost[::1000] = -math.inf
     assert bounds[1] - 0.01 < importance_weighted_bound(lost, 8) < bounds[1]
+    few = log_w[:5]  # fewer samples than a group: one group, log mean w
+    assert importance_weighted_bound(few, 8) == pytest.approx(float(torch.logsumexp(few, 0) - math.log(5)))
 
 
 def test_a_nonfinite_row_is_dropped_without_poisoning_the_gradient():

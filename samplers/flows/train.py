@@ -129,6 +129,7 @@ def importance_weighted_bound(log_w: torch.Tensor, k: int) -> float:
     weight is zero, costs only a little in its group — under the reverse KL one such
     sample at u = 10⁷ decides the comparison.
     """
+    k = min(k, len(log_w))  # a held-out batch smaller than one group is one group
     n = len(log_w) // k * k
     groups = log_w[:n].reshape(-1, k)
     return float((torch.logsumexp(groups, 1) - math.log(k)).mean())
