@@ -1,7 +1,9 @@
 """The ``boltzbench`` command: run, validate, list, report.
 
-Exit codes: 0 all good; 1 some cells failed; 2 bad input (nothing written); 130 interrupted
-(finished cells are kept; run again to resume).
+Exit codes: 0 all good; 1 some cells of the matrix failed or timed out (in this run or an
+earlier one); 2 bad input, a results folder in use by another run, or a Dask scheduler that
+cannot be reached or started (no cell run); 130 interrupted (finished cells are kept; run
+again to resume).
 """
 
 from __future__ import annotations
@@ -48,34 +50,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from boltzbench.reports.markdown import write_report
-    from boltzbench.runner import build_missing_references, check_scheduler, run_matrix
+    from boltzbench.runner import (build_missing_references, check_out, check_run_options, check_scheduler,
+                                   run_matrix)
 
     matrix = _load(args.matrix)
     check_scheduler(args.scheduler)
-    for name in ("workers", "cell_timeout"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"--{name.replace('_', '-')}: must be > 0, got {value}")
+    check_run_options(workers=args.workers, timeout_s=args.cell_timeout, threads=args.threads)
     out = Path(args.out) if args.out else Path("boltzbench-results") / matrix.name
+    check_out(out)
     print(f"{_describe(matrix)}\nresults: {out}", file=sys.stderr)
     if not args.no_build_references:
         build_missing_references(matrix, out, retry_failed=args.retry_failed, progress=not args.no_progress,
                                  log=lambda line: print(line, file=sys.stderr))
     summary = run_matrix(matrix, out, scheduler=args.scheduler, workers=args.workers,
                          timeout_s=args.cell_timeout, progress=not args.no_progress,
-                         retry_failed=args.retry_failed)
-    print(f"{summary.ok + summary.failed} cells run ({summary.ok} ok, {summary.failed} failed), "
-          f"{summary.skipped} already finished")
+                         retry_failed=args.retry_failed, threads=args.threads)
+    finished = f"{summary.skipped} already finished"
+    if summary.skipped_failed:
+        finished += f" ({summary.skipped_failed} of them failed or timed out; --retry-failed reruns them)"
+    print(f"{summary.ok + summary.failed} cells run ({summary.ok} ok, {summary.failed} failed), {finished}")
+    if summary.rerun_for_samples:
+        print(f"{summary.rerun_for_samples} of the cells run had finished ok without a samples file and were "
+              "rerun, because the matrix keeps samples (keep_samples = true)")
     print(f"records: {out / 'records'}")
     if not args.no_report:
         print(f"report:  {write_report(out)}")
-    return EXIT_FAILED_CELLS if summary.failed else EXIT_OK
+    return EXIT_FAILED_CELLS if summary.failures else EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Exit 0, or 1 for a regression with --fail-on-regression, or 2 for bad input."""
     from boltzbench.metrics.speedup import parse_target
     from boltzbench.reports.build import ReportOptions
+    from boltzbench.reports.compare import parse_tolerance
     from boltzbench.reports.markdown import NoRecords, generate_report
 
     for name, folder in (("results", args.results), ("--baseline", args.baseline)):
@@ -83,7 +90,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"error: {name} {folder}: no records/ folder here; give the --out folder of a run",
                   file=sys.stderr)
             return EXIT_BAD_INPUT
-    options = ReportOptions(speedup_metric=args.speedup_metric, target=parse_target(args.target))
+    options = ReportOptions(speedup_metric=args.speedup_metric, target=parse_target(args.target),
+                            all_records=args.all_records, tolerance=parse_tolerance(args.tolerance),
+                            ignore_metrics=tuple(args.ignore_metric))
     try:
         outcome = generate_report(args.results, args.out, baseline=args.baseline, options=options)
     except NoRecords as exc:
@@ -91,6 +100,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     for problem in outcome.problems:
         print(f"warning: skipped {problem}", file=sys.stderr)
+    if outcome.set_aside:
+        print(f"note: {len(outcome.set_aside)} records not shown (duplicates, or outside the matrix that "
+              "was run last; see the report's 'Records not shown')", file=sys.stderr)
     print(f"report: {outcome.markdown}\nhtml:   {outcome.html}")
     if args.baseline is not None:
         regressions = outcome.regressions
@@ -205,7 +217,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, metavar="N",
                      help="workers of the local cluster (default: one per CPU core)")
     run.add_argument("--cell-timeout", type=float, metavar="SECONDS",
-                     help="wall-clock limit per cell; a cell that reaches it is recorded as timeout")
+                     help="wall-clock limit per cell: the cell stops at its next step and is recorded as "
+                          "timeout with its curve so far; one still running max(2 s, 10 %%) later is killed")
+    run.add_argument("--threads", type=int, default=1, metavar="N",
+                     help="torch threads of each cell, in every scheduler (default: 1); recorded in env")
     run.add_argument("--retry-failed", action="store_true", help="run failed and timed-out cells again")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-report", action="store_true", help="do not write the report")
@@ -246,13 +261,23 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--baseline", metavar="DIR",
                         help="another results folder: add a section on what changed against it")
     report.add_argument("--fail-on-regression", action="store_true",
-                        help="exit 1 when a metric got worse beyond both runs' intervals (needs --baseline)")
+                        help="exit 1 on a regression (needs --baseline): a metric whose mean got worse by more "
+                             "than --tolerance with evidence (one-sided Welch t-test at α = 0.05; needs two "
+                             "seeds on each side), or a pair with no ok cell now")
+    report.add_argument("--tolerance", metavar="TOL",
+                        help="regression gate: relative change of a metric's mean that counts, as 5%% or 0.05 "
+                             "(default 10%%, like asv's --factor 1.1)")
+    report.add_argument("--ignore-metric", action="append", default=[], metavar="METRIC",
+                        help="leave METRIC out of the regression gate (repeatable); its changes are still shown")
     report.add_argument("--speedup-metric", metavar="METRIC",
                         help="metric whose target speedups are measured at (default: energy_w1, else "
                              "mean_energy_error, else the first error metric)")
     report.add_argument("--target", metavar="EPS",
                         help="speedup target: a number, or median_final (default: median over samplers of "
                              "the final value), baseline_final, baseline_initial:F")
+    report.add_argument("--all-records", action="store_true",
+                        help="also show the records in the folder that are not cells of the matrix run "
+                             "last (RESULTS/matrix.json), each setting as a row of its own")
     report.set_defaults(func=cmd_report)
     return top
 

@@ -171,6 +171,9 @@ class Budget:
             value = getattr(self, name)
             require(value is None or 0 < value < math.inf, f"budget.{name}",
                     f"must be a finite number > 0, got {value}")
+            if isinstance(value, float) and value.is_integer():
+                # the normal form: 2e4 and 20_000 are one budget, one cell id
+                object.__setattr__(self, name, int(value))
         require(isinstance(self.n_snapshots, int) and self.n_snapshots >= 1, "budget.n_snapshots",
                 f"must be an integer >= 1, got {self.n_snapshots!r}")
 
@@ -225,6 +228,9 @@ class Snapshot:
     are reduced energies; ``log_weights`` (T, C) are unnormalized log importance weights,
     ``None`` for unweighted samplers. ``cost`` is ``ledger.as_dict()`` at this point;
     ``diagnostics`` holds JSON-able values (acceptance rates, round trips, ...).
+    ``families`` (T, C) integer labels, ``None`` by default: samples sharing a label descend
+    from one ancestor draw (population annealing's resampled copies) and count as one draw
+    in effective sample sizes (:func:`boltzbench.metrics.ess.family_kish_ess`).
     """
 
     positions: torch.Tensor
@@ -232,6 +238,7 @@ class Snapshot:
     log_weights: torch.Tensor | None
     cost: dict[str, Any]
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    families: torch.Tensor | None = None
 
 
 @dataclass
@@ -240,7 +247,8 @@ class Samples:
 
     ``observables`` and ``states`` (metastable-state labels, −1 for none) have the same
     (T, C) leading shape as ``energies``; an observable may have trailing dimensions
-    (for example (T, C, n_pairs) pair distances).
+    (for example (T, C, n_pairs) pair distances). ``families`` (T, C) integer labels or
+    ``None``: samples sharing a label descend from one ancestor draw (see :class:`Snapshot`).
     """
 
     positions: np.ndarray
@@ -248,18 +256,88 @@ class Samples:
     log_weights: np.ndarray | None
     observables: dict[str, np.ndarray]
     states: np.ndarray
+    families: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return int(self.energies.size)
 
     def weights(self) -> np.ndarray:
-        """Normalized weights of the flattened samples (uniform for unweighted samplers)."""
+        """Normalized weights of the flattened samples (uniform for unweighted samplers),
+        by :func:`weights_from_log`: a log-weight of −inf is a zero weight; NaN or +inf
+        log-weights (or all −inf) make every weight NaN, which :func:`support` rejects."""
         if self.log_weights is None:
-            return np.full(self.n, 1.0 / self.n)
-        log_w = self.log_weights.reshape(-1)
-        w = np.exp(log_w - log_w.max())
-        return w / w.sum()
+            return np.full(self.n, 1.0 / max(self.n, 1))
+        return weights_from_log(self.log_weights)
+
+
+# ------------------------------------------------------- weights and undefined inputs
+
+
+def weights_from_log(log_weights: np.ndarray) -> np.ndarray:
+    """Normalized float64 weights w_i = exp(l_i − max l) / Σ_j exp(l_j − max l) of
+    flattened log-weights l (shifting by the maximum avoids overflow).
+
+    A log-weight of −inf is a legal zero weight. NaN or +inf log-weights, all −inf, or no
+    log-weights at all leave the weights undefined: then every entry is NaN, so nothing
+    computed from them is finite and :func:`support` returns None for them.
+    """
+    log_w = np.asarray(log_weights, dtype=np.float64).ravel()
+    if np.isnan(log_w).any() or (log_w == np.inf).any() or not (log_w > -np.inf).any():
+        return np.full(log_w.size, np.nan)
+    w = np.exp(log_w - log_w.max())
+    return w / w.sum()
+
+
+def support(weights: np.ndarray | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """The samples that carry mass, or None when no estimate from them is defined.
+
+    The one rule of every metric and estimator (issue 13). Weights must be finite and
+    ≥ 0 with a positive sum. A zero weight (log-weight −inf) is legal: its sample carries
+    no mass and is dropped, whatever its values (a weightless overlap at u = inf
+    included). Every sample that keeps a positive weight must have finite values. Empty
+    inputs, NaN, ±inf or negative weights, all-zero weights, and NaN or ±inf values with
+    positive weight make the result undefined: None (a registered metric then returns
+    None, a low-level float function NaN).
+
+    Parameters
+    ----------
+    weights : (n,) weights on any positive scale (flattened), or None for uniform.
+    arrays : arrays with n rows along axis 0, e.g. (n,) energies or (n, d) positions.
+
+    Returns
+    -------
+    ``(w, *rows)``: the weights w > 0 normalized to sum 1, and the same rows of every
+    array; None when undefined.
+    """
+    arrays = tuple(np.asarray(a) for a in arrays)
+    n = len(arrays[0]) if weights is None else int(np.size(weights))
+    if any(len(a) != n for a in arrays):
+        raise ValueError(f"support: arrays with {[len(a) for a in arrays]} rows for {n} weights")
+    if n == 0:
+        return None
+    if weights is None:
+        w = np.full(n, 1.0 / n)
+    else:
+        w = np.asarray(weights, dtype=np.float64).ravel()
+        if not (np.isfinite(w).all() and (w >= 0).all() and w.any()):
+            return None
+        keep = w > 0
+        if not keep.all():
+            w, arrays = w[keep], tuple(a[keep] for a in arrays)
+        w = w / w.max()
+        w = w / w.sum()
+    if not all(np.isfinite(a).all() for a in arrays):
+        return None
+    return (w, *arrays)
+
+
+def defined(value: float | None) -> float | None:
+    """``value`` as a float, or None when it is None, NaN or ±inf: what a registered metric
+    returns (None means undefined; records and reports show "undefined")."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 @dataclass

@@ -32,9 +32,7 @@ Every error names the offending field and, where there is a closed set, the vali
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ from typing import Any
 
 from boltzbench.contracts import Budget, ParameterError
 from boltzbench.registry import PluginError, UnknownName, build, registry
+from boltzbench.store import cell_id_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -102,8 +101,7 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        blob = json.dumps(self.spec(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return cell_id_of(self.spec())
 
     def __str__(self) -> str:
         return f"{self.system.label} × {self.sampler.label} × seed {self.seed}"

@@ -160,8 +160,28 @@ def build(cls: type[Configurable], params: dict[str, Any]) -> Configurable:
             raise ParameterError(key, f"expected {getattr(hints[key], '__name__', hints[key])}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ParameterError(key, f"must be finite, got {value!r}")
-    coerced = {k: float(v) if hints[k] is float else v for k, v in params.items()}
-    return cls(**coerced)
+    return cls(**{k: normalized_value(v, hints[k]) for k, v in params.items()})
+
+
+def _arms(annotation: Any) -> tuple[Any, ...]:
+    """The alternatives of a union annotation (``float | None`` → float, None), else itself."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def normalized_value(value: Any, annotation: Any) -> Any:
+    """A parameter value in its normal form, so that equal settings hash to one cell id: an
+    integer where the annotation takes floats but not integers becomes a float (``dt = 1``
+    and ``dt = 1.0`` are one setting), element by element in lists (``list[float]``)."""
+    arms = _arms(annotation)
+    if isinstance(value, (list, tuple)):
+        items = [typing.get_args(a) for a in arms if typing.get_origin(a) in (list, tuple)]
+        item = items[0][0] if items and len(items[0]) == 1 else Any
+        return [normalized_value(v, item) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and float in arms and int not in arms:
+        return float(value)
+    return value
 
 
 def get_system(name: str, **params: Any) -> System:

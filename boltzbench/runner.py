@@ -4,17 +4,24 @@ For every snapshot the runner turns the samples so far into :class:`Samples` and
 the cell's metrics on them; the list of (cost, wall seconds, metrics) is the cell's
 accuracy-versus-cost curve. The ledger's clock is stopped while metrics are computed, so
 analysis is never charged to the sampler. Any exception inside a cell (including
-non-finite energies) fails that cell only, with a diagnostic in ``error``.
+non-finite energies) fails that cell only, with a diagnostic in ``error``; ``run_matrix``
+runs every cell in a child process (:func:`run_cell_in_process`), so a cell that kills its
+process or hangs past its timeout fails only itself too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+import multiprocessing
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 import traceback
+import types
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -28,13 +35,13 @@ from boltzbench.contracts import Budget, Samples, Snapshot, System
 from boltzbench.matrix import Cell, Component, Matrix
 from boltzbench.metrics.observables import energy_histogram
 from boltzbench.registry import get_metric, get_sampler, get_system
-from boltzbench.store import SCHEMA, Store
+from boltzbench.store import SCHEMA, Store, write_json_atomic
 
 PACKAGES = ("boltzbench", "torch", "numpy", "scipy", "pot", "openmm")
 
 
 class NonFiniteEnergy(RuntimeError):
-    """A sampler produced NaN or infinite energies or positions."""
+    """A sampler produced NaN or infinite energies or positions, or NaN or +inf log-weights."""
 
 
 def environment(device: str = "cpu") -> dict[str, Any]:
@@ -69,6 +76,7 @@ def to_samples(snapshot: Snapshot, system: System) -> Samples:
         log_weights=None if snapshot.log_weights is None else snapshot.log_weights.detach().cpu().numpy(),
         observables=observables,
         states=system.state_of(flat).reshape(lead).cpu().numpy(),
+        families=None if snapshot.families is None else snapshot.families.detach().cpu().numpy(),
     )
 
 
@@ -79,6 +87,14 @@ def _check_finite(snapshot: Snapshot) -> None:
             f"non-finite energies or positions in {int(bad.sum())} of {bad.numel()} samples "
             f"by cost {snapshot.cost['total_evals']:.4g} evaluations: the sampler diverged "
             f"(for MD, a smaller dt usually cures this)")
+    if snapshot.log_weights is not None:  # −inf is a legal zero weight; NaN and +inf are not
+        log_w = snapshot.log_weights
+        bad_w = torch.isnan(log_w) | (log_w == math.inf)
+        if bad_w.any() or not (log_w > -math.inf).any():
+            what = (f"NaN or +inf log-weights in {int(bad_w.sum())} of {bad_w.numel()} samples" if bad_w.any()
+                    else f"every one of the {log_w.numel()} log-weights is -inf (no sample carries weight)")
+            raise NonFiniteEnergy(f"{what} by cost {snapshot.cost['total_evals']:.4g} evaluations: "
+                                  f"the sampler's importance weights are undefined")
 
 
 @dataclass
@@ -126,11 +142,16 @@ def _record(cell: Cell, matrix: dict[str, Any] | None, *, status: str, error: st
     }
 
 
-def failed_record(cell: Cell, matrix: dict[str, Any] | None, error: str) -> dict[str, Any]:
-    """The record of a cell that died outside ``run_cell`` (for example with its worker)."""
-    return _record(cell, matrix, status="failed", error=error, cost={}, curve=[],
-                   final={"metrics": {}, "diagnostics": {}}, reference=None,
-                   started=dt.datetime.now(dt.timezone.utc))
+def failed_record(cell: Cell, matrix: dict[str, Any] | None, error: str, *, status: str = "failed",
+                  threads: int | None = None) -> dict[str, Any]:
+    """The record of a cell that ended outside ``run_cell`` (its process died or was killed,
+    or its worker died): no curve. ``threads``: the torch threads the cell's process had."""
+    record = _record(cell, matrix, status=status, error=error, cost={}, curve=[],
+                     final={"metrics": {}, "diagnostics": {}}, reference=None,
+                     started=dt.datetime.now(dt.timezone.utc))
+    if threads is not None:
+        record["env"]["torch_threads"] = threads
+    return record
 
 
 def run_cell(cell: Cell, *, matrix: dict[str, Any] | None = None, timeout_s: float | None = None,
@@ -195,7 +216,167 @@ def sample_arrays(samples: Samples) -> dict[str, np.ndarray]:
               **{f"observables/{k}": v for k, v in samples.observables.items()}}
     if samples.log_weights is not None:
         arrays["log_weights"] = samples.log_weights
+    if samples.families is not None:
+        arrays["families"] = samples.families
     return arrays
+
+
+# Every cell runs in a child process, whatever the scheduler: a cell that kills its process
+# (os._exit, a segfault in compiled code, the OOM killer) or ignores its deadline costs only
+# its own record, never the run.
+
+_CONTEXT: Any = None
+
+
+def kill_grace_s(timeout_s: float) -> float:
+    """Seconds a cell may run past ``timeout_s`` before its process is killed: max(2 s, 10 %
+    of the timeout), for the sampler's last step and the final metrics after the deadline."""
+    return max(2.0, 0.1 * timeout_s)
+
+
+def _preload_modules() -> list[str]:
+    """What the fork server imports once: boltzbench and the modules of the built-ins."""
+    from boltzbench.registry import BUILTIN
+
+    modules = {target.split(":")[0] for table in BUILTIN.values() for target in table.values()}
+    return ["boltzbench.runner", *sorted(modules)]
+
+
+def _context():
+    """The start method of cell processes: "forkserver", with boltzbench preloaded (a cell's
+    process is a fork of a clean single-threaded server, so it starts in milliseconds and
+    never inherits a torch thread pool), else "spawn"."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            _CONTEXT = multiprocessing.get_context("forkserver")
+            _CONTEXT.set_forkserver_preload(_preload_modules())
+        else:  # pragma: no cover - Windows
+            _CONTEXT = multiprocessing.get_context("spawn")
+    return _CONTEXT
+
+
+@contextmanager
+def _starting_child():
+    """What holds while a cell's process starts.
+
+    * A daemonic process (a Dask worker, by default) may start it: multiprocessing refuses
+      so that no child outlives a daemon, and a cell's process ends with its parent anyway
+      (:func:`_exit_with_parent`).
+    * The child does not rerun the caller's main script, as "spawn" and "forkserver" would:
+      a cell needs only importable modules, so a script calling ``run_matrix`` needs no
+      ``if __name__ == "__main__"`` guard, and no cell pays for the script's imports.
+    """
+    config = multiprocessing.current_process()._config  # noqa: SLF001 - where the flag lives
+    daemon = config.pop("daemon", None)
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__: nothing to rerun
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+        if daemon is not None:
+            config["daemon"] = daemon
+
+
+def _exit_with_parent() -> None:
+    """End this process as soon as the process that started it dies (a killed run or Dask
+    worker must not leave its cell computing, nor, through this process, its fork server):
+    a daemon thread waits on multiprocessing's sentinel of the parent."""
+    parent = multiprocessing.parent_process()
+
+    def watch() -> None:
+        parent.join()  # returns when the parent's end of the sentinel pipe closes
+        os._exit(70)
+
+    if parent is not None:
+        threading.Thread(target=watch, name="boltzbench-exit-with-parent", daemon=True).start()
+
+
+def _cell_process(conn, cell: Cell, matrix: dict[str, Any] | None, timeout_s: float | None, threads: int,
+                  keep_samples: bool, environ: dict[str, str]) -> None:
+    """The body of a cell's process: ``threads`` torch threads, then the cell; progress
+    fractions and the outcome go to the parent over ``conn``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it then kills this process
+    _exit_with_parent()
+    os.environ.clear()  # the parent's environment now (the fork server has the one of its start),
+    os.environ.update(environ)  # e.g. BOLTZBENCH_REFERENCES
+    torch.set_num_threads(threads)
+    outcome = run_cell(cell, matrix=matrix, timeout_s=timeout_s,
+                       on_progress=lambda fraction: conn.send(("progress", fraction)))
+    conn.send(("outcome", outcome if keep_samples else CellOutcome(outcome.record, None)))
+    conn.close()
+
+
+def _death(exitcode: int | None) -> str:
+    """Why a cell's process ended without a result, from its exit code (−N: killed by signal N)."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "an unknown signal"
+        hint = {"SIGKILL": "; killed from outside, on Linux often by the out-of-memory killer (see dmesg)",
+                "SIGSEGV": "; a segmentation fault, usually in compiled code",
+                "SIGBUS": "; a bus error, usually in compiled code",
+                "SIGABRT": "; an abort, usually a failed check in compiled code"}.get(name, "")
+        return f"the cell's process was killed by {name} (signal {-exitcode}){hint}, before it returned a result"
+    return (f"the cell's process exited with code {exitcode} before it returned a result (os._exit or "
+            "sys.exit in the sampler or a plugin, or a failure to start: see the run's stderr)")
+
+
+def run_cell_in_process(cell: Cell, *, matrix: dict[str, Any] | None = None, timeout_s: float | None = None,
+                        threads: int = 1, keep_samples: bool = False,
+                        on_progress: Callable[[float], None] | None = None) -> CellOutcome:
+    """Run one cell in a child process with ``threads`` torch threads; never raises for
+    anything the cell does (a Ctrl-C of this process kills the child and propagates).
+
+    The child runs :func:`run_cell` (so the cooperative ``timeout_s`` applies) and sends
+    progress fractions and its :class:`CellOutcome` back over a pipe, the samples only when
+    ``keep_samples``. A child that ends without an outcome (os._exit, a segfault, the OOM
+    killer) gives a ``failed`` record naming its exit code or signal; one still running
+    ``kill_grace_s(timeout_s)`` after ``timeout_s`` is killed and gives a ``timeout`` record.
+    """
+    context = _context()
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_cell_process, name=f"boltzbench-cell-{cell.cell_id}",
+                              args=(sender, cell, matrix, timeout_s, threads, keep_samples, dict(os.environ)))
+    with _starting_child():
+        process.start()
+    sender.close()  # the child holds the only write end: its death is an end of file here
+    kill_at = None if timeout_s is None else time.monotonic() + timeout_s + kill_grace_s(timeout_s)
+    outcome, ended, progress = None, False, 0.0
+    try:
+        while outcome is None and not ended:
+            wait = None if kill_at is None else kill_at - time.monotonic()
+            if (wait is not None and wait <= 0) or not receiver.poll(wait):
+                break  # past the kill time
+            try:
+                kind, value = receiver.recv()
+            except (EOFError, OSError):
+                ended = True
+                break
+            if kind == "outcome":
+                outcome = value
+            else:
+                progress = value
+                if on_progress is not None:
+                    on_progress(value)
+    finally:
+        receiver.close()
+        process.join(timeout=5.0 if outcome is not None or ended else 0.0)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    exitcode = process.exitcode
+    process.close()
+    if outcome is not None:
+        return outcome
+    if ended:
+        return CellOutcome(failed_record(cell, matrix, _death(exitcode), threads=threads), None)
+    error = (f"per-cell timeout of {timeout_s:g} s: the cell did not stop at its deadline (a step that "
+             f"never checks the budget, or a hang) and was killed {kill_grace_s(timeout_s):g} s later, "
+             f"at {100 * progress:.0f} % of the budget; no curve is kept")
+    return CellOutcome(failed_record(cell, matrix, error, status="timeout", threads=threads), None)
 
 
 @dataclass
@@ -204,7 +385,14 @@ class RunSummary:
     cells: int
     skipped: int
     ok: int
-    failed: int  # failed or timed out
+    failed: int  # failed or timed out, of the cells run now
+    skipped_failed: int = 0  # failed or timed out, of the finished cells that were skipped
+    rerun_for_samples: int = 0  # ok cells rerun because the matrix keeps samples and theirs are missing
+
+    @property
+    def failures(self) -> int:
+        """Cells of the matrix whose record is failed or timeout after this run."""
+        return self.failed + self.skipped_failed
 
 
 class SchedulerError(ValueError):
@@ -231,7 +419,7 @@ def build_missing_references(matrix: Matrix, out: str | Path, *, retry_failed: b
 
     store = Store(out)
     todo = {cell.system.label: cell.system for cell in matrix.cells()
-            if not store.is_done(cell.cell_id, retry_failed)}
+            if not store.is_done(cell.cell_id, retry_failed, need_samples=matrix.keep_samples)}
     built = []
     for component in todo.values():
         system = get_system(component.name, **component.params)
@@ -245,31 +433,87 @@ def build_missing_references(matrix: Matrix, out: str | Path, *, retry_failed: b
     return built
 
 
+def check_run_options(*, workers: int | None = None, timeout_s: float | None = None, threads: int = 1) -> None:
+    """Reject execution options that would not run as meant; each error names its option."""
+    for option, value in (("--workers", workers), ("--threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{option}: must be a whole number ≥ 1, got {value!r}")
+    if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
+                                  or not math.isfinite(timeout_s) or timeout_s <= 0):
+        raise ValueError(f"--cell-timeout: must be a finite number of seconds > 0, got {timeout_s!r} "
+                         "(leave it out for no timeout)")
+
+
+def check_out(out: str | Path) -> None:
+    """Raise ValueError (naming --out) unless results can be written to ``out``: a writable
+    folder, or a path that does not exist yet below a writable folder (created by the run)."""
+    path = Path(out)
+    try:
+        existing = path.absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            what = "is a file" if existing == path.absolute() else f"lies below {existing}, which is a file"
+            raise ValueError(f"--out {path}: {what}, not a folder")
+        for folder in (existing, existing / "records"):
+            if folder.exists() and not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+                raise ValueError(f"--out {path}: cannot write in {folder} (read-only or not a folder)")
+    except OSError as exc:  # e.g. a parent folder we may not look into
+        raise ValueError(f"--out {path}: cannot use this folder ({exc.strerror or exc})") from None
+
+
+def _plan(store: Store, cells: list[Cell], retry_failed: bool, need_samples: bool) -> tuple[list[Cell], int, int]:
+    """(cells to run, finished cells that failed, ok cells rerun only for their missing samples)."""
+    todo, failed, for_samples = [], 0, 0
+    for cell in cells:
+        if store.is_done(cell.cell_id, retry_failed, need_samples=need_samples):
+            failed += store.load(cell.cell_id)["status"] != "ok"
+        else:
+            todo.append(cell)
+            for_samples += need_samples and store.is_done(cell.cell_id, retry_failed)
+    return todo, failed, for_samples
+
+
 def run_matrix(matrix: Matrix, out: str | Path, *, scheduler: str = "serial", workers: int | None = None,
-               timeout_s: float | None = None, progress: bool = True, retry_failed: bool = False) -> RunSummary:
+               timeout_s: float | None = None, progress: bool = True, retry_failed: bool = False,
+               threads: int = 1) -> RunSummary:
     """Run every cell of ``matrix`` not yet finished in ``out``; resumable at any point.
 
-    ``scheduler``: "serial" runs cells one after the other in this process; "local" or a
-    Dask address runs one Dask task per cell (see :mod:`boltzbench.distributed`). A
-    scheduler that cannot be reached raises before anything is written.
+    ``scheduler``: "serial" runs cells one after the other; "local" or a Dask address runs
+    one Dask task per cell (see :mod:`boltzbench.distributed`). Either way each cell runs in
+    a child process with ``threads`` torch threads (:func:`run_cell_in_process`), so a cell
+    that dies or hangs past ``timeout_s`` becomes a ``failed`` or ``timeout`` record.
+
+    Before any cell: bad options or ``out`` raise ValueError, a scheduler that cannot be
+    reached or started raises :class:`SchedulerError` (nothing written), and a folder in use
+    by another run raises :class:`~boltzbench.store.FolderBusy`. The folder stays locked for
+    the run; under the lock, temporary files of killed runs are removed and
+    ``OUT/matrix.json`` (name, source, cell ids) is written. A finished cell counts as done
+    unless it failed and ``retry_failed``, or it is ok without samples and the matrix keeps them.
     """
     check_scheduler(scheduler)
+    check_run_options(workers=workers, timeout_s=timeout_s, threads=threads)
+    check_out(out)
     store = Store(out)
     cells = matrix.cells()
-    todo = [cell for cell in cells if not store.is_done(cell.cell_id, retry_failed)]
     info = {"name": matrix.name, "baseline": matrix.baseline, "source": matrix.source}
     counts = {"ok": 0, "failed": 0}
-    with _progress_bar(len(todo), progress) as bar, _executor(scheduler, workers, bar) as execute:
+    with _executor(scheduler, workers) as execute, store.lock():
         store.remove_partial()
-        for cell, outcome in execute(todo, info, timeout_s):
-            keep = matrix.keep_samples and outcome.samples is not None
-            store.write(outcome.record, sample_arrays(outcome.samples) if keep else None)
-            ok = outcome.record["status"] == "ok"
-            counts["ok" if ok else "failed"] += 1
-            if not ok:
-                bar.write(f"cell {cell} {outcome.record['status']}: {outcome.record['error']}")
-            bar.set_postfix_str(f"{counts['failed']} failed" if counts["failed"] else "")
-    return RunSummary(Path(out), len(cells), len(cells) - len(todo), counts["ok"], counts["failed"])
+        write_json_atomic(store.out / "matrix.json", {"name": matrix.name, "source": matrix.source,
+                                                      "cell_ids": [cell.cell_id for cell in cells]})
+        todo, skipped_failed, for_samples = _plan(store, cells, retry_failed, matrix.keep_samples)
+        with _progress_bar(len(todo), progress) as bar:
+            for cell, outcome in execute(todo, info, timeout_s, threads, matrix.keep_samples, bar):
+                keep = matrix.keep_samples and outcome.samples is not None
+                store.write(outcome.record, sample_arrays(outcome.samples) if keep else None)
+                ok = outcome.record["status"] == "ok"
+                counts["ok" if ok else "failed"] += 1
+                if not ok:
+                    bar.write(f"cell {cell} {outcome.record['status']}: {outcome.record['error']}")
+                bar.set_postfix_str(f"{counts['failed']} failed" if counts["failed"] else "")
+    return RunSummary(Path(out), len(cells), len(cells) - len(todo), counts["ok"], counts["failed"],
+                      skipped_failed=skipped_failed, rerun_for_samples=for_samples)
 
 
 @contextmanager
@@ -284,20 +528,22 @@ def _progress_bar(total: int, enabled: bool):
 
 
 @contextmanager
-def _executor(scheduler: str, workers: int | None, bar):
-    """A function (cells, matrix, timeout) → iterator of (cell, outcome), moving the bar."""
+def _executor(scheduler: str, workers: int | None):
+    """A function (cells, matrix, timeout, threads, keep_samples, bar) → iterator of
+    (cell, outcome), moving the bar; a Dask scheduler is reached or started on entry."""
     if scheduler == "serial":
-        def execute(cells, info, timeout_s):
+        def execute(cells, info, timeout_s, threads, keep_samples, bar):
             for cell in cells:
                 bar.set_description_str(str(cell))
                 start, done = bar.n, 0.0
 
-                def advance(fraction: float) -> None:
+                def advance(fraction: float) -> None:  # progress within the cell, from its process
                     nonlocal done
                     bar.update(fraction - done)
                     done = fraction
 
-                outcome = run_cell(cell, matrix=info, timeout_s=timeout_s, on_progress=advance)
+                outcome = run_cell_in_process(cell, matrix=info, timeout_s=timeout_s, threads=threads,
+                                              keep_samples=keep_samples, on_progress=advance)
                 bar.update(start + 1 - bar.n)
                 yield cell, outcome
         yield execute
@@ -307,10 +553,11 @@ def _executor(scheduler: str, workers: int | None, bar):
 
     with dask_client(scheduler, workers) as client:
         n_workers = len(client.scheduler_info()["workers"])
-        bar.set_description_str(f"{n_workers} Dask workers")
 
-        def execute(cells, info, timeout_s):
-            for cell, outcome in run_cells(client, cells, info, timeout_s):
+        def execute(cells, info, timeout_s, threads, keep_samples, bar):
+            bar.set_description_str(f"{n_workers} Dask workers")
+            for cell, outcome in run_cells(client, cells, info, timeout_s, threads=threads,
+                                           keep_samples=keep_samples):
                 running = sum(len(tasks) for tasks in client.processing().values())
                 bar.set_description_str(f"{n_workers} Dask workers, {running} cells running")
                 bar.update(1)

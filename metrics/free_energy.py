@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from boltzbench.contracts import Reference, Samples
-from boltzbench.metrics.ess import autocorr_ess, kish_ess
+from boltzbench.contracts import Reference, Samples, defined, support
+from boltzbench.metrics.ess import autocorr_ess, family_kish_ess
 
 BOOTSTRAP_RESAMPLES = 400
 BOOTSTRAP_SEED = 20240602
@@ -49,8 +49,12 @@ class FreeEnergyEstimate:
 
 
 def free_energy_difference(states: np.ndarray, weights: np.ndarray, a: int = 0, b: int = 1) -> float | None:
-    """ΔF = −ln(P(b)/P(a)) in kT; None when either state carries no weight."""
-    states, weights = np.asarray(states).ravel(), np.asarray(weights, float).ravel()
+    """ΔF = −ln(P(b)/P(a)) in kT; None when either state carries no weight or the weights
+    are undefined (NaN, ±inf, negative or all zero: :func:`boltzbench.contracts.support`)."""
+    kept = support(np.asarray(weights, float).ravel(), np.asarray(states).ravel())
+    if kept is None:
+        return None
+    weights, states = kept
     p_a, p_b = weights[states == a].sum(), weights[states == b].sum()
     if p_a <= 0 or p_b <= 0:
         return None
@@ -71,9 +75,9 @@ def delta_f_estimate(samples: Samples, a: int = 0, b: int = 1,
     flat = states.ravel()
     p_a, p_b = weights[flat == a].sum(), weights[flat == b].sum()
     if samples.log_weights is not None:
-        n_eff = kish_ess(samples.log_weights)
+        n_eff = family_kish_ess(samples.log_weights, samples.families)  # resampled copies: one draw
         stderr = None if value is None else delta_method_stderr(p_a, p_b, n_eff)
-        return FreeEnergyEstimate(value, stderr, "delta method, Kish n_eff", n_eff)
+        return FreeEnergyEstimate(value, stderr, "delta method, Kish n_eff", defined(n_eff))
     if states.ndim < 2:
         states = states.reshape(-1, 1)
     n_steps, n_chains = states.shape[0], int(np.prod(states.shape[1:]))
@@ -117,7 +121,7 @@ def delta_f_stderr(samples: Samples, reference: Reference) -> float | None:
     """Standard error of ΔF_01 in kT: delta method with Kish n_eff for weighted samples,
     bootstrap over chains (400 seeded resamples) for ≥ 2 chains, delta method with the
     indicator's autocorrelation ESS for one chain; None when undefined."""
-    return delta_f_estimate(samples).stderr
+    return defined(delta_f_estimate(samples).stderr)
 
 
 def delta_f_error(samples: Samples, reference: Reference) -> float | None:

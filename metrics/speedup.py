@@ -21,7 +21,10 @@ final ``ess`` metric and the total cost, in evaluations and wall seconds.
 Confidence intervals: percentile bootstrap over seeds (Efron & Tibshirani 1993, ch. 13),
 the seeds of S and of B resampled independently, 2000 resamples from a fixed seed.
 With few seeds the intervals are crude (with two seeds the bootstrap has three
-distinct means); they are what the data support.
+distinct means); they are what the data support. **One seed: no interval.** An interval
+exists only when every resampled group has at least two values: a single value has no
+spread to resample, so it gets the point value with ``low = high = None`` (shown as
+"value (one seed: no interval)"), never a zero-width interval that would look certain.
 
 **Default target** (when none is given): per system, the median over samplers of each
 sampler's mean final value of the metric ("median_final"), so that about half of the
@@ -42,6 +45,9 @@ import numpy as np
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20240603
 LEVEL = 0.95
+#: Fewest values (seeds) a group needs for an interval; below it the value has none.
+MIN_SEEDS = 2
+NO_INTERVAL = "one seed: no interval"
 DEFAULT_TARGET_RULE = "median_final"
 RULE = ("cost to target = cost (evaluations and wall seconds, setup included) of the first snapshot at "
         "which the metric reaches the target; speedup = mean over seeds of the baseline's cost / the "
@@ -73,7 +79,9 @@ class Interval:
     """A point estimate with a percentile bootstrap interval.
 
     ``bound`` is "" for an estimate, "lower" or "upper" when censoring makes the value a
-    bound, "undefined" when nothing can be said (then ``value`` is None).
+    bound, "undefined" when nothing can be said (then ``value`` is None). ``low`` and
+    ``high`` are None when there is a value but no interval (fewer than two seeds in a
+    resampled group, see the module docstring).
     """
 
     value: float | None
@@ -81,12 +89,19 @@ class Interval:
     high: float | None
     bound: str = ""
 
+    @property
+    def has_interval(self) -> bool:
+        """True when there is a value with an interval (at least two seeds per group)."""
+        return self.value is not None and self.bound != "undefined" and self.low is not None and self.high is not None
+
     def text(self, digits: int = 3, unit: str = "") -> str:
         if self.value is None or self.bound == "undefined":
             return "—"
         prefix = {"lower": "≥ ", "upper": "≤ "}.get(self.bound, "")
         text = f"{prefix}{self.value:.{digits}g}{unit}"
-        if self.bound == "" and self.low is not None and self.high is not None and self.low != self.high:
+        if self.bound == "" and not self.has_interval:
+            text += f" ({NO_INTERVAL})"
+        elif self.bound == "" and self.low != self.high:
             text += f" [{self.low:.{digits}g}, {self.high:.{digits}g}]"
         return text
 
@@ -97,15 +112,16 @@ def bootstrap_ci(values: Sequence[float], statistic: Callable[[np.ndarray], np.n
     """Percentile bootstrap interval of ``statistic`` (default: the mean) over ``values``.
 
     ``statistic`` maps an (n_boot, n) array of resamples to (n_boot,) values. One value
-    gives a degenerate interval; no values give an undefined one.
+    gives the value without an interval (``low = high = None``); no values give an
+    undefined one.
     """
     x = np.asarray([v for v in values if v is not None], float)
     if x.size == 0:
         return Interval(None, None, None, "undefined")
     stat = statistic or (lambda a: a.mean(axis=-1))
     point = float(stat(x[None, :])[0])
-    if x.size == 1:
-        return Interval(point, point, point)
+    if x.size < MIN_SEEDS:
+        return Interval(point, None, None)
     picks = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))
     reps = stat(x[picks])
     alpha = (1.0 - level) / 2.0
@@ -116,13 +132,14 @@ def bootstrap_ci(values: Sequence[float], statistic: Callable[[np.ndarray], np.n
 def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], n_boot: int = BOOTSTRAP_RESAMPLES,
              level: float = LEVEL, seed: int = BOOTSTRAP_SEED) -> Interval:
     """mean(numerator)/mean(denominator) with a percentile bootstrap interval, the two
-    groups resampled independently."""
+    groups resampled independently; no interval when either group has one value (the
+    bootstrap could not see that group's spread)."""
     num, den = np.asarray(numerator, float), np.asarray(denominator, float)
     if num.size == 0 or den.size == 0 or den.mean() <= 0:
         return Interval(None, None, None, "undefined")
     point = float(num.mean() / den.mean())
-    if num.size == 1 and den.size == 1:
-        return Interval(point, point, point)
+    if num.size < MIN_SEEDS or den.size < MIN_SEEDS:
+        return Interval(point, None, None)
     rng = np.random.default_rng(seed)
     num_rep = num[rng.integers(0, num.size, size=(n_boot, num.size))].mean(axis=1)
     den_rep = den[rng.integers(0, den.size, size=(n_boot, den.size))].mean(axis=1)

@@ -21,9 +21,10 @@ from boltzbench.metrics import ranking as ranking_module
 from boltzbench.metrics import speedup as speedup_module
 from boltzbench.metrics.ess import family_effective_population
 from boltzbench.metrics.ranking import rank_samplers
-from boltzbench.metrics.speedup import Interval, bootstrap_ci, direction, speedup_table
+from boltzbench.metrics.speedup import NO_INTERVAL, Interval, bootstrap_ci, direction, speedup_table
+from boltzbench.reports import compare as compare_module
 from boltzbench.reports import plots
-from boltzbench.reports.compare import Change, compare, final_interval
+from boltzbench.reports.compare import ALPHA, DEFAULT_TOLERANCE, Change, compare, final_interval
 from boltzbench.reports.document import Block, Heading, Image, Items, Text, fmt, table
 from boltzbench.reports.samples import load_samples
 
@@ -35,11 +36,15 @@ ESS_METRICS = ("ess", "ess_geyer")
 @dataclass
 class ReportOptions:
     """What the command line can change: the speedup metric and its target (a number or a
-    rule of :func:`boltzbench.metrics.speedup.choose_target`), and the title."""
+    rule of :func:`boltzbench.metrics.speedup.choose_target`), the title, and whether the
+    records outside the matrix that was run are shown (:mod:`boltzbench.reports.selection`)."""
 
     speedup_metric: str | None = None
     target: str | float | None = None
     title: str = "boltzbench report"
+    all_records: bool = False  # also the records of the folder outside the matrix that was run
+    tolerance: float = DEFAULT_TOLERANCE  # regression gate: relative change of the mean (compare.py)
+    ignore_metrics: tuple[str, ...] = ()  # metrics left out of the regression gate
 
 
 def slug(label: str) -> str:
@@ -48,13 +53,14 @@ def slug(label: str) -> str:
 
 
 def interval_text(interval: Interval, digits: int = 4) -> str:
-    """'mean [low, high]' (no interval for one value), '—' when undefined."""
+    """'mean [low, high]'; 'mean (one seed: no interval)' with fewer than two values
+    (:data:`boltzbench.metrics.speedup.MIN_SEEDS`); '—' when undefined."""
     if interval.value is None:
         return "—"
     text = f"{interval.value:.{digits}g}"
-    if interval.low is not None and interval.high is not None and interval.low != interval.high:
-        text += f" [{interval.low:.3g}, {interval.high:.3g}]"
-    return text
+    if not interval.has_interval:
+        return f"{text} ({NO_INTERVAL})"
+    return f"{text} [{interval.low:.3g}, {interval.high:.3g}]"
 
 
 def _summary_interval(values: list[float | None]) -> str:
@@ -95,52 +101,106 @@ def _cell(text: str) -> str:
 # --------------------------------------------------------------------------- sections
 
 
+def _names(names: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(names) or "—"
+
+
+def _rank_cell(e) -> str:
+    """'rank (mean rank [low, high])' of a per-system entry, or without an interval."""
+    if e.low is None or e.high is None:
+        return f"{e.rank} ({e.mean_rank:.2f}; {NO_INTERVAL})"
+    return f"{e.rank} ({e.mean_rank:.2f} [{e.low:.2f}, {e.high:.2f}])"
+
+
+def _pair_cell(pair) -> str:
+    """The row sampler (pair.a) against the column sampler (pair.b)."""
+    if not pair.met:
+        return "never met"
+    n = f"({len(pair.systems)} system{'s' if len(pair.systems) != 1 else ''})"
+    if pair.low is None or pair.high is None:
+        return f"tie {pair.win_rate:.2f}, {NO_INTERVAL} {n}"
+    tag = "win" if pair.winner == pair.a else "loss" if pair.winner == pair.b else "tie"
+    return f"{tag} {pair.win_rate:.2f} [{pair.low:.2f}, {pair.high:.2f}] {n}"
+
+
 def ranking_blocks(records: list[dict[str, Any]]) -> list[Block]:
     result = rank_samplers(records)
     if not result.overall:
         return [Heading(2, "Ranking"), Text("No ranked metric has a value: nothing to rank.")]
-    blocks: list[Block] = [Heading(2, "Ranking"),
-                           Text(f"Rule: {result.rule}. Errors rank smaller-is-better, ESS larger-is-better; "
-                                "an undefined metric or a failed cell counts as the worst value.")]
-    rows = [[e.rank, e.sampler, f"{e.mean_rank:.2f} [{e.low:.2f}, {e.high:.2f}]", e.n_systems,
-             ", ".join(e.tied_with) or "—"] for e in result.overall]
-    blocks.append(table(["rank", "sampler", "mean rank [95 % CI]", "systems", "tied with"], rows))
+    blocks: list[Block] = [
+        Heading(2, "Ranking"),
+        Text("Samplers are compared only on the systems both ran. Overall rank: by score = the number of "
+             "samplers a sampler beats with evidence − the number that beat it with evidence (Copeland); "
+             "rank = 1 + the number of samplers with a higher score (standard competition ranking, "
+             "\"1, 1, 3\"); samplers with equal scores are tied. Full rule: " + result.rule + ". Errors rank "
+             "smaller-is-better, ESS larger-is-better; an undefined metric or a failed cell counts as the "
+             "worst value.")]
+    few = {s: names for s, names in result.few_seeds.items() if names}
+    if few:
+        blocks.append(Text(f"**{NO_INTERVAL[0].upper() + NO_INTERVAL[1:]}.** With fewer than two seeds there is "
+                           "no interval, so ranks are not separated: on " + "; ".join(
+                               f"{s} ({_names(n)} with fewer than two seeds)" for s, n in few.items())
+                           + " all samplers share rank 1, and no comparison there counts as evidence."))
+    never = [(a, b) for (a, b), pair in result.pairs.items() if not pair.met]
+    if never:
+        blocks.append(Text("Never met (no shared system, not compared): "
+                           + "; ".join(f"{a} and {b}" for a, b in never) + "."))
+    rows = [[e.rank, e.sampler, e.score, _names(e.wins), _names(e.losses), _names(e.ties), _names(e.never_met),
+             e.n_systems, _names(e.tied_with)] for e in result.overall]
+    blocks.append(table(["rank", "sampler", "score", "beats", "beaten by", "no evidence either way", "never met",
+                         "systems", "tied with"], rows))
     systems = list(result.per_system)
-    if len(systems) >= 1:
-        samplers = [e.sampler for e in result.overall]
+    samplers = [e.sampler for e in result.overall]
+    if systems:
         per = {s: {e.sampler: e for e in entries} for s, entries in result.per_system.items()}
-        rows = []
-        for sampler in samplers:
-            row: list[object] = [sampler]
-            for system in systems:
-                e = per[system].get(sampler)
-                row.append("—" if e is None else f"{e.rank} ({e.mean_rank:.2f} [{e.low:.2f}, {e.high:.2f}])")
-            rows.append(row)
+        rows = [[sampler] + ["—" if per[system].get(sampler) is None else _rank_cell(per[system][sampler])
+                             for system in systems] for sampler in samplers]
         blocks += [Heading(3, "Per system"),
-                   Text("Displayed rank (mean rank over metrics [95 % CI]). Metrics ranked: " +
+                   Text("Displayed rank (mean rank over metrics [95 % interval]). Intervals that overlap or touch "
+                        "are tied, ties chain into groups, and a group's rank is 1 + the number of samplers in "
+                        "better groups. Metrics ranked: " +
                         "; ".join(f"{s}: {', '.join(f'`{m}`' for m in result.metrics.get(s, [])) or 'none'}"
                                   for s in systems) + "."),
                    table(["sampler"] + systems, rows)]
+    if len(samplers) >= 2:
+        rows = [[a] + ["—" if a == b else _pair_cell(result.pair(a, b)) for b in samplers] for a in samplers]
+        blocks += [Heading(3, "Pairwise"),
+                   Text("Row against column: win rate = mean over the systems both ran of the fraction of ranked "
+                        "metrics on which the row's mean over seeds is better (equal: ½) [95 % interval]. "
+                        "**win**: the interval lies entirely above ½ (evidence); **loss**: entirely below; "
+                        "**tie**: it contains or touches ½, or there is no interval (a sampler with fewer than "
+                        "two seeds on a shared system); **never met**: no shared system."),
+                   table(["sampler"] + samplers, rows)]
     return blocks
 
 
-def changes_blocks(changes: list[Change], unchanged: int, baseline: str, problems: list[str]) -> list[Block]:
-    blocks: list[Block] = [Heading(2, "Changes against the baseline"),
-                           Text(f"Baseline: `{baseline}`. A metric is flagged when its mean over seeds left the "
-                                "other run's 95 % interval; a **regression** is a change for the worse beyond both "
-                                "intervals (see Estimators).")]
+def changes_blocks(changes: list[Change], unchanged: int, baseline: str, problems: list[str],
+                   tolerance: float = DEFAULT_TOLERANCE, ignored: tuple[str, ...] | list[str] = ()) -> list[Block]:
+    blocks: list[Block] = [
+        Heading(2, "Changes against the baseline"),
+        Text(f"Baseline: `{baseline}`. A **regression** is a metric whose mean over seeds got worse by more than "
+             f"the tolerance ({100 * tolerance:g} % of the baseline's mean, `--tolerance`) with evidence: a "
+             f"one-sided Welch t-test of \"worse by at most the tolerance\" rejects at α = {ALPHA:g} (false-alarm "
+             "rate at most α for any change within the tolerance). With fewer than two seeds on either side "
+             "there is no test: \"not testable\", never a regression. A pair with no ok cell now is a "
+             "regression. Gated metrics: "
+             + (f"all but {', '.join(f'`{m}`' for m in ignored)} (`--ignore-metric`)" if ignored else "all")
+             + ". Intervals: 95 % bootstrap over seeds; p: one-sided p-value of the test behind the verdict.")]
     if problems:
         blocks += [Text("Unreadable baseline files (skipped):"), Items(tuple(_cell(p) for p in problems))]
     regressions = [c for c in changes if c.is_regression]
     blocks.append(Text(f"{len(regressions)} regressions, {len(changes) - len(regressions)} other changes, "
-                       f"{unchanged} metrics within their intervals."))
+                       f"{unchanged} metrics without evidence of a change beyond the tolerance."))
     if changes:
-        order = {"regression": 0, "improvement": 1, "moved": 2, "new": 3, "removed": 4}
+        order = {"regression": 0, "worse (not gated)": 1, "not testable": 2, "improvement": 3, "moved": 4,
+                 "new": 5, "removed": 6}
         rows = [[c.verdict.upper() if c.is_regression else c.verdict, c.system, c.sampler, c.metric,
                  "—" if c.before is None else interval_text(c.before),
-                 "—" if c.after is None else interval_text(c.after)]
+                 "—" if c.after is None else interval_text(c.after),
+                 "—" if c.relative is None else f"{100 * c.relative:+.1f} %",
+                 "—" if c.p_value is None else f"{c.p_value:.2g}"]
                 for c in sorted(changes, key=lambda c: (order.get(c.verdict, 9), c.system, c.sampler, c.metric))]
-        blocks.append(table(["verdict", "system", "sampler", "metric", "baseline", "now"], rows))
+        blocks.append(table(["verdict", "system", "sampler", "metric", "baseline", "now", "change", "p"], rows))
     return blocks
 
 
@@ -148,7 +208,7 @@ def final_metrics_blocks(group: list[dict[str, Any]]) -> list[Block]:
     metrics = _metrics_of(group)
     rows = []
     for sampler, runs in _by(group, "sampler").items():
-        rows.append([sampler, len(runs), _summary_interval([r["cost"].get("total_evals") for r in runs]),
+        rows.append([sampler, len({r["seed"] for r in runs}), _summary_interval([r["cost"].get("total_evals") for r in runs]),
                      _summary_interval([r["cost"].get("total_wall_s") for r in runs])]
                     + [_summary_interval([r["final"]["metrics"].get(m) for r in runs]) for m in metrics])
     return [Heading(3, "Final metrics over seeds"),
@@ -371,10 +431,12 @@ def estimator_blocks(records: list[dict[str, Any]]) -> list[Block]:
     items = [f"`{m}` ({'larger' if direction(m) > 0 else 'smaller' if direction(m) < 0 else 'no direction:'}"
              f"{' is better' if direction(m) else ' not ranked'}): {_docstring(m)}" for m in metrics]
     rules = [
-        "Intervals: 95 % percentile bootstrap over seeds (2000 seeded resamples); with one seed, none.",
+        "Intervals: 95 % percentile bootstrap over seeds (2000 seeded resamples). One seed: no interval "
+        "(an interval needs at least two values in every resampled group; the value is shown alone and never "
+        "separates samplers).",
         "Speedup: " + speedup_module.RULE + ".",
         "Ranking: " + ranking_module.RULE + ".",
-        "Changes against a baseline: a regression is a metric that got worse beyond both runs' intervals.",
+        "Changes against a baseline: " + compare_module.RULE + ".",
     ]
     return [Heading(2, "Estimators"), Text("Which estimator each metric used:"), Items(tuple(items)),
             Items(tuple(rules))]
@@ -407,7 +469,8 @@ def environment_blocks(records: list[dict[str, Any]]) -> list[Block]:
 
 
 def build_report(records: list[dict[str, Any]], figure_dir: Path, *, records_dir: Path | None = None,
-                 problems: list[str] | None = None, baseline: list[dict[str, Any]] | None = None,
+                 problems: list[str] | None = None, set_aside: list[str] | None = None,
+                 baseline: list[dict[str, Any]] | None = None,
                  baseline_name: str = "", baseline_problems: list[str] | None = None,
                  options: ReportOptions | None = None) -> tuple[list[Block], list[Change]]:
     """The report's blocks (figures written to ``figure_dir``) and the flagged changes."""
@@ -429,11 +492,18 @@ def build_report(records: list[dict[str, Any]], figure_dir: Path, *, records_dir
         blocks += [Heading(2, "Unreadable files"),
                    Text(f"{len(problems)} files in the records folder are not boltzbench records and were skipped:"),
                    Items(tuple(_cell(p) for p in problems))]
+    if set_aside:
+        blocks += [Heading(2, "Records not shown"),
+                   Text(f"{len(set_aside)} records in the folder are not shown: duplicates of a shown cell, or "
+                        "cells outside the matrix that was run last (`boltzbench report --all-records` shows "
+                        "those as rows of their own):"),
+                   Items(tuple(_cell(p) for p in set_aside))]
     blocks += ranking_blocks(records)
     changes: list[Change] = []
     if baseline is not None:
-        changes, unchanged = compare(records, baseline)
-        blocks += changes_blocks(changes, unchanged, baseline_name, baseline_problems or [])
+        changes, unchanged = compare(records, baseline, tolerance=options.tolerance, ignore=options.ignore_metrics)
+        blocks += changes_blocks(changes, unchanged, baseline_name, baseline_problems or [], options.tolerance,
+                                 options.ignore_metrics)
     for label, group in _by(ok, "system").items():
         blocks += system_blocks(group, figure_dir, records_dir, options, notes)
     blocks += failed_blocks(failed)

@@ -15,6 +15,7 @@ from boltzbench.reports.build import ReportOptions, build_report
 from boltzbench.reports.compare import Change
 from boltzbench.reports.document import Block, Heading, Image, Items, Table, Text
 from boltzbench.reports.html import render_html
+from boltzbench.reports.selection import Selection, read_manifest, select_records
 from boltzbench.store import Store
 
 
@@ -48,6 +49,7 @@ class ReportOutcome:
     html: Path
     problems: list[str] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
+    set_aside: list[str] = field(default_factory=list)  # readable records not shown, and why
 
     @property
     def regressions(self) -> list[Change]:
@@ -60,12 +62,14 @@ def records_folder(results: str | Path) -> Path:
     return results / "records" if (results / "records").is_dir() else results
 
 
-def _load(results: str | Path) -> tuple[list[dict], list[str], Path]:
+def _load(results: str | Path, all_records: bool = False) -> tuple[Selection, list[str], Path]:
+    """The records to show (:mod:`boltzbench.reports.selection`), the unreadable files, the folder."""
     folder = records_folder(results)
     store = Store(folder.parent)
     store.records_dir = folder
     problems: list[str] = []
-    return store.records(problems), problems, folder
+    records = store.records(problems)
+    return select_records(records, read_manifest(folder.parent), all_records), problems, folder
 
 
 def generate_report(results: str | Path, out: str | Path | None = None, *, baseline: str | Path | None = None,
@@ -76,24 +80,27 @@ def generate_report(results: str | Path, out: str | Path | None = None, *, basel
     ``index.html`` go beside it. ``baseline`` is another results folder to compare with.
     Raises :class:`NoRecords` when ``results`` (or ``baseline``) has no readable record.
     """
-    records, problems, folder = _load(results)
-    if not records:
+    options = options or ReportOptions()
+    selection, problems, folder = _load(results, options.all_records)
+    if not selection.records:
         detail = f" ({len(problems)} unreadable: {'; '.join(problems)})" if problems else ""
         raise NoRecords(f"no records in {folder}{detail}: run a matrix first")
     baseline_records, baseline_problems = None, []
     if baseline is not None:
-        baseline_records, baseline_problems, base_folder = _load(baseline)
+        base, baseline_problems, base_folder = _load(baseline, options.all_records)
+        baseline_records = base.records
         if not baseline_records:
             raise NoRecords(f"no records in the baseline {base_folder}")
     path = Path(out) if out is not None else Path(results) / "report" / "report.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    blocks, changes = build_report(records, path.parent, records_dir=folder, problems=problems,
+    blocks, changes = build_report(selection.records, path.parent, records_dir=folder, problems=problems,
+                                   set_aside=selection.outside + selection.duplicates,
                                    baseline=baseline_records, baseline_name=str(baseline or ""),
                                    baseline_problems=baseline_problems, options=options)
     path.write_text(render_markdown(blocks), encoding="utf-8")
     html = path.parent / "index.html"
-    html.write_text(render_html(blocks, path.parent, (options or ReportOptions()).title), encoding="utf-8")
-    return ReportOutcome(path, html, problems, changes)
+    html.write_text(render_html(blocks, path.parent, options.title), encoding="utf-8")
+    return ReportOutcome(path, html, problems, changes, selection.outside + selection.duplicates)
 
 
 def write_report(results: str | Path, out: str | Path | None = None) -> Path:

@@ -23,6 +23,13 @@ ESS fraction, the family entropy S_f = −Σ_i ν_i·ln ν_i over the fractions 
 population descending from initial replica i, and the number of surviving families
 (Wang, Machta & Katzgraber, PRE 92, 063307 (2015)).
 
+Energies that cannot be annealed. A replica with u = +inf has weight exp(−Δβ·∞) = 0 at
+every Δβ > 0, so the next resampling removes it and the adaptive Δβ is chosen on the
+finite energies. NaN or −inf energies, no finite energy at all, or an adaptive step below
+``MIN_DELTA_BETA`` (10⁻⁹) stop the run with :class:`AnnealingStalled` ("stalled at
+β = …"): β never repeats. A pass yields after every sweep and every annealing step, so the
+budget and the runner's deadline stop it whatever ``sweeps`` is.
+
 How the budget is spent. The run is a sequence of complete, independent annealing passes,
 each from a fresh population, until the budget is spent (a pass cut short by the budget is
 discarded; its cost still counts). With Metropolis moves the first pass is a warm-up with
@@ -37,6 +44,15 @@ of Z(1)/Z(β₀) (Machta 2010, "weighted averaging"), so every sample carries th
 ln Ẑ_r − ln P. The pooled estimate is ln Z(1)/Z(β₀) = ln((1/n)·Σ_r Ẑ_r) over the n
 passes, with error bar from the spread of the independent passes (delta method:
 σ = sd_r(Ẑ_r)/(√n·mean_r Ẑ_r)); it is None until two passes are done.
+
+Effective sample size. Resampled copies of one replica are not independent draws: every
+sample carries its family (the initial replica of its pass, labels unique across passes,
+``Snapshot.families``), and the ESS metrics count each family once, as the Kish ESS over
+family totals (Σ_f W_f)²/Σ_f W_f² (``metrics/ess.py``; for one pass the inverse Simpson
+index 1/Σν_f², the family-based effective population of Wang, Machta & Katzgraber 2015).
+A pass whose schedule collapsed onto a few ancestors thus has an ESS of a few, not P. The
+sweeps after resampling decorrelate copies, so on a healthy run this is a conservative
+(low) estimate.
 """
 
 from __future__ import annotations
@@ -64,10 +80,45 @@ def relative_ess(log_weights: torch.Tensor) -> float:
     return float(w.sum() ** 2 / (w.numel() * (w * w).sum()))
 
 
+#: The smallest step of the adaptive schedule: a schedule that needs Δβ < 10⁻⁹ (over 10⁹
+#: steps to reach β = 1) has stalled, and says so instead of repeating β.
+MIN_DELTA_BETA = 1e-9
+
+
+class AnnealingStalled(RuntimeError):
+    """The annealing schedule cannot advance from the current β."""
+
+
+def check_energies(u: torch.Tensor, beta: float) -> None:
+    """Raise :class:`AnnealingStalled` unless the population can be reweighted to a larger β.
+
+    +inf energies are legal: such a walker has weight exp(−Δβ·∞) = 0 at every Δβ > 0 and is
+    removed by the next resampling. NaN or −inf energies (an undefined or unnormalizable
+    density), or no finite energy at all (nothing to resample), are not.
+    """
+    nan, minus_inf = int(torch.isnan(u).sum()), int((u == -math.inf).sum())
+    if nan or minus_inf:
+        what = " and ".join(s for s in (f"{nan} NaN" if nan else "", f"{minus_inf} −inf" if minus_inf else "") if s)
+        raise AnnealingStalled(f"stalled at β = {beta:.6g}: {what} energies among {u.numel()} walkers; the "
+                               f"system's energy is undefined there (check the system, or lower step or dt)")
+    if not torch.isfinite(u).any():
+        raise AnnealingStalled(f"stalled at β = {beta:.6g}: all {u.numel()} walkers have energy +inf, so "
+                               f"every weight is 0 and there is nothing to resample (start them where the "
+                               f"energy is finite, or raise initial_sweeps)")
+
+
 def next_beta(u: torch.Tensor, beta: float, target_ess: float, iterations: int = 60) -> float:
     """The next inverse temperature: the largest Δβ ≤ 1 − β (found by bisection) whose
-    weights exp(−Δβ·u) keep the relative ESS ≥ ``target_ess``. The ESS decreases with Δβ
-    (d ln ESS/dΔβ = 2(⟨u⟩_{Δβ} − ⟨u⟩_{2Δβ}) ≤ 0, ⟨·⟩_s weighted by exp(−s·u))."""
+    weights exp(−Δβ·u) keep the relative ESS of the finite-energy walkers ≥ ``target_ess``.
+    The ESS decreases with Δβ (d ln ESS/dΔβ = 2(⟨u⟩_{Δβ} − ⟨u⟩_{2Δβ}) ≤ 0, ⟨·⟩_s weighted
+    by exp(−s·u)).
+
+    Walkers with u = +inf get weight 0 at every Δβ > 0, so no step keeps them; Δβ is chosen
+    on the others. Raises :class:`AnnealingStalled` for the energies :func:`check_energies`
+    rejects and when the step would be below :data:`MIN_DELTA_BETA`; never returns β.
+    """
+    check_energies(u, beta)
+    u = u[torch.isfinite(u)]
     hi = 1.0 - beta
     if relative_ess(-hi * u) >= target_ess:
         return 1.0
@@ -78,7 +129,12 @@ def next_beta(u: torch.Tensor, beta: float, target_ess: float, iterations: int =
             lo = mid
         else:
             hi = mid
-    return beta + (lo if lo > 0 else hi)
+    if lo < MIN_DELTA_BETA:
+        raise AnnealingStalled(
+            f"stalled at β = {beta:.6g}: every step Δβ >= {MIN_DELTA_BETA:g} takes the relative ESS below "
+            f"target_ess = {target_ess:g} (finite energies spread over [{float(u.min()):.4g}, "
+            f"{float(u.max()):.4g}]); equilibrate longer (initial_sweeps, sweeps) or lower target_ess")
+    return beta + lo
 
 
 def fixed_schedule(kind: str, beta_start: float, n_steps: int) -> np.ndarray:
@@ -123,6 +179,7 @@ class PassResult:
     u: torch.Tensor
     log_z_ratio: float
     schedule: list[dict[str, Any]]
+    families: torch.Tensor  # (P,) the initial replica each final replica descends from
     step_table: list[tuple[float, list[float]]] = field(default_factory=list)  # (β, steps)
 
 
@@ -178,9 +235,10 @@ class PopulationAnnealing(Sampler):
 
     # one pass ------------------------------------------------------------------------
     def anneal(self, system: System, n: int, generator: torch.Generator,
-               steps_at: Any = None) -> Iterator[None]:
-        """One annealing pass of ``n`` replicas, as a generator that yields after every sweep
-        (so that the caller can stop it) and returns a :class:`PassResult`.
+               steps_at: Any = None) -> Iterator[float]:
+        """One annealing pass of ``n`` replicas, as a generator that yields the current β after
+        every sweep and every annealing step (so that the caller can stop it at its budget or
+        deadline, whatever ``sweeps`` is) and returns a :class:`PassResult`.
 
         ``steps_at(β) -> list of step sizes`` (one per tunable move) gives frozen step sizes;
         with ``None`` the pass is a warm-up that tunes them after every sweep and returns the
@@ -198,7 +256,7 @@ class PopulationAnnealing(Sampler):
                 for leaf, s in zip(leaves, steps_at(b)):
                     leaf.set_step(s, n)
 
-        def equilibrate(n_sweeps: int) -> Iterator[None]:
+        def equilibrate(n_sweeps: int) -> Iterator[float]:
             move.reset_stats()
             for _ in range(n_sweeps):
                 if warm and leaves:
@@ -210,9 +268,12 @@ class PopulationAnnealing(Sampler):
                             continue
                         rate = float(leaf.accepted.mean()) / leaf.attempts
                         leaf.set_step(tune_step(leaf.step[:1], torch.tensor([rate]), self.target_acceptance), n)
-                yield
+                yield beta
 
         set_steps(beta)
+        if warm:
+            for leaf in leaves:  # the initial step, so that the table has one even without sweeps
+                leaf.ensure_steps(n)
         yield from equilibrate(self.initial_sweeps)
         if warm:
             table.append((beta, [float(leaf.step[0]) for leaf in leaves]))
@@ -220,8 +281,12 @@ class PopulationAnnealing(Sampler):
         ancestors = torch.arange(n)
         log_z, schedule = 0.0, []
         while beta < 1.0:
+            check_energies(walkers.u, beta)  # +inf: weight 0 at any Δβ > 0; NaN, all +inf: an error
             new_beta = (next_beta(walkers.u, beta, self.target_ess) if fixed is None
                         else float(fixed[len(schedule)]))
+            if not new_beta > beta:  # a fixed schedule finer than floating point resolves
+                raise AnnealingStalled(f"stalled at β = {beta!r}: the {self.schedule} schedule's next β is "
+                                       f"{new_beta!r}; use fewer n_steps or a smaller beta_start")
             log_w = -(new_beta - beta) * walkers.u
             log_z += log_mean_exp(log_w)
             ess = relative_ess(log_w)
@@ -231,6 +296,7 @@ class PopulationAnnealing(Sampler):
             beta = new_beta
             set_steps(beta)
             entropy, families = family_entropy(ancestors)
+            yield beta
             yield from equilibrate(self.sweeps)
             if warm:
                 table.append((beta, [float(leaf.step[0]) for leaf in leaves]))
@@ -238,7 +304,7 @@ class PopulationAnnealing(Sampler):
             schedule.append({"beta": beta, "ess_fraction": ess, "family_entropy": entropy,
                              "n_families": families,
                              "acceptance": None if local is None or warm else float(local.mean())})
-        return PassResult(walkers.x, walkers.u, log_z, schedule, table)
+        return PassResult(walkers.x, walkers.u, log_z, schedule, families=ancestors, step_table=table)
 
     # the run -------------------------------------------------------------------------
     def run(self, system: System, budget: Budget, generator: torch.Generator) -> Iterator[Snapshot]:
@@ -247,14 +313,14 @@ class PopulationAnnealing(Sampler):
         steps_at, warmup_evals = None, 0.0
         if not tunable_leaves(self._move()):
             steps_at = lambda beta: []  # noqa: E731 - nothing to tune: no warm-up pass
-        last_yield = None
+        last_yield, reached = None, self.beta_start
         while not budget.exhausted(ledger):
             warm = steps_at is None
             run = self.anneal(system, min(self.warmup_population, self.population) if warm else self.population,
                               generator, steps_at)
             try:
                 while True:
-                    next(run)
+                    reached = next(run)
                     if budget.exhausted(ledger):
                         break  # this pass is cut short: discarded
                     if pool.passes and snapshots.due(ledger):
@@ -270,10 +336,13 @@ class PopulationAnnealing(Sampler):
                         last_yield = ledger.total_evals
                         yield pool.snapshot(ledger, warmup_evals)
         if not pool.passes:
-            raise RuntimeError("the budget ended before the first complete annealing pass; raise the "
-                               "budget or lower population, sweeps or initial_sweeps")
-        if last_yield != ledger.total_evals and snapshots.due(ledger):
-            yield pool.snapshot(ledger, warmup_evals)
+            what = "the per-cell deadline passed" if ledger.past_deadline() else "the budget ended"
+            which = "the warm-up pass" if steps_at is None else "the first production pass"
+            raise RuntimeError(f"{what} before the first complete annealing pass ({which} had reached "
+                               f"β = {reached:.4g}); raise the budget or lower population, sweeps or "
+                               f"initial_sweeps")
+        if last_yield != ledger.total_evals and (snapshots.due(ledger) or ledger.past_deadline()):
+            yield pool.snapshot(ledger, warmup_evals)  # at the deadline too: keep the passes done
 
 
 def _interpolator(table: list[tuple[float, list[float]]]):
@@ -318,10 +387,13 @@ class _Pool:
         u = torch.cat([r.u for r in self.results])
         log_w = torch.cat([torch.full((self.population,), r.log_z_ratio - math.log(self.population),
                                       dtype=u.dtype) for r in self.results])
+        # pass r's families are its initial replicas, offset so that labels are unique across passes
+        families = torch.cat([r.families + i * self.population for i, r in enumerate(self.results)])
         estimate, error = self.log_z_ratio()
         last = self.results[-1]
         return Snapshot(
             positions=x[None], energies=u[None], log_weights=log_w[None], cost=ledger.as_dict(),
+            families=families[None],
             diagnostics={
                 "log_z_ratio": estimate,
                 "log_z_ratio_error": error,

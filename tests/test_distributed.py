@@ -52,18 +52,35 @@ def test_resume_works_across_schedulers(tmp_path):
 
 
 def test_a_dead_worker_costs_its_cell_one_retry_then_a_failed_record(tmp_path, monkeypatch):
+    """A cell's process that kills its worker (a worker death, not a cell's: those are
+    failed records at once, see the next test)."""
     monkeypatch.setenv("PYTHONPATH", PLUGINS)
     monkeypatch.syspath_prepend(PLUGINS)
-    m = matrix(samplers=(("dying_sampler:DiesOnce", {"marker": str(tmp_path / "marker")}),
-                         ("dying_sampler:AlwaysDies", {}), ("mc", {})), seeds=[0])
+    m = matrix(samplers=(("dying_sampler:KillsWorkerOnce", {"marker": str(tmp_path / "marker")}),
+                         ("dying_sampler:AlwaysKillsWorker", {}), ("mc", {})), seeds=[0])
     summary = run_matrix(m, tmp_path / "out", scheduler="local", workers=2, progress=False)
     by_label = {r["sampler"]["label"]: r for r in records(tmp_path / "out").values()}
     assert (tmp_path / "marker").exists(), "the first attempt did not run"
-    assert by_label["DiesOnce"]["status"] == "ok"
-    assert by_label["AlwaysDies"]["status"] == "failed"
-    assert "died twice" in by_label["AlwaysDies"]["error"]
+    assert by_label["KillsWorkerOnce"]["status"] == "ok"
+    assert by_label["AlwaysKillsWorker"]["status"] == "failed"
+    assert "died twice" in by_label["AlwaysKillsWorker"]["error"]
     assert by_label["mc"]["status"] == "ok"
     assert (summary.ok, summary.failed) == (2, 1)
+
+
+def test_a_cell_that_dies_or_hangs_on_a_worker_gives_its_record_and_the_run_exits(tmp_path, monkeypatch):
+    """The task runs its cell in a child process: os._exit is a failed record (no retry, as
+    in the serial scheduler), a cell that ignores its deadline is killed, and run_matrix returns."""
+    monkeypatch.setenv("PYTHONPATH", PLUGINS)
+    monkeypatch.syspath_prepend(PLUGINS)
+    m = matrix(samplers=(("dying_sampler:AlwaysDies", {}), ("dying_sampler:Hangs", {}), ("mc", {})), seeds=[0])
+    summary = run_matrix(m, tmp_path / "out", scheduler="local", workers=2, timeout_s=1.0, progress=False)
+    by_label = {r["sampler"]["label"]: r for r in records(tmp_path / "out").values()}
+    assert by_label["AlwaysDies"]["status"] == "failed"
+    assert "the cell's process exited with code 1" in by_label["AlwaysDies"]["error"]
+    assert by_label["Hangs"]["status"] == "timeout" and "was killed 2 s later" in by_label["Hangs"]["error"]
+    assert by_label["mc"]["status"] == "ok"
+    assert (summary.ok, summary.failed) == (1, 2)
 
 
 def test_cell_timeout_records_timeout_and_keeps_the_curve(tmp_path):

@@ -9,6 +9,11 @@ in pass order: positions (1, n·P, dof) reshape to (n, P, dof).
 """
 
 import math
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -17,6 +22,8 @@ import torch
 
 from boltzbench import Budget, ParameterError, get_sampler, get_system
 from boltzbench.cli import main
+from boltzbench.contracts import Samples
+from boltzbench.systems.harmonic import Harmonic
 from boltzbench.samplers.population_annealing import (family_entropy, fixed_schedule, multinomial_resample,
                                                       next_beta, relative_ess, systematic_resample)
 
@@ -259,3 +266,217 @@ def test_harmonic_free_energy_with_langevin_moves(move):
     assert d["passes"] >= 8 and d["log_z_ratio_error"] < 0.05
     assert abs(d["log_z_ratio"] - exact) < 4.5 * d["log_z_ratio_error"], (d["log_z_ratio"], d["log_z_ratio_error"], exact)
     assert_within(per_pass(snapshot, snapshot.energies).mean(axis=1), dim / 2, what="<u>")
+
+
+# ------------------------------------- issue 13: ESS of resampled copies; schedules that stall
+
+@dataclass
+class HardWall(Harmonic):
+    """The harmonic oscillator with a hard wall: u = +inf for x1 > 0. The wall halves Z(β) at
+    every β, so ⟨u⟩_β = dim/(2β) still. ``sample_initial`` puts 30 % of the walkers deep in
+    the wall (x1 ≥ 20, energy +inf, where random-walk moves of σ ≈ 1 cannot leave it), the
+    others on the allowed side."""
+
+    name: ClassVar[str] = "hard_wall"
+
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:
+        u = super()._energy(x)
+        return torch.where(x[:, 0] > 0, torch.full_like(u, math.inf), u)
+
+    def sample_initial(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        x = super().sample_initial(n, generator)
+        x[:, 0] = -x[:, 0].abs()
+        walled = slice(n - round(0.3 * n), n)  # the last ones: the old NaN weights resampled only those
+        x[walled, 0] = 20.0 - x[walled, 0]
+        return x
+
+
+@dataclass
+class NaNRegion(HardWall):
+    """u = NaN for x1 > 0 (30 % of the starts): an undefined energy, never a legal one."""
+
+    name: ClassVar[str] = "nan_region"
+
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:
+        u = Harmonic._energy(self, x)
+        return torch.where(x[:, 0] > 0, torch.full_like(u, math.nan), u)
+
+
+@dataclass
+class Cliff(HardWall):
+    """u + 10³⁰⁰ for x1 > 0: finite, but no Δβ ≥ 10⁻⁹ keeps the relative ESS of the 30 % of
+    starts up there and the others at 0.9, so the adaptive schedule cannot advance."""
+
+    name: ClassVar[str] = "cliff"
+
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:
+        u = Harmonic._energy(self, x)
+        return u + 1e300 * (x[:, 0] > 0)
+
+
+@dataclass
+class WallWithDeadline(HardWall):
+    """The hard wall whose cell deadline passes once ``deadline_at`` evaluations are charged,
+    as the runner's ``--cell-timeout`` would at that cost."""
+
+    name: ClassVar[str] = "wall_with_deadline"
+    deadline_at: float = 1000.0
+
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ledger.total_evals >= self.deadline_at and self.ledger.deadline is None:
+            self.ledger.deadline = time.monotonic()
+        return super()._energy(x)
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Fail (instead of hanging) if the block runs longer than ``seconds``: the old adaptive
+    step returned β unchanged forever, without charging an evaluation."""
+    def fail(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: the annealing loop does not stop")
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_family_kish_ess_by_hand():
+    """Kish ESS over family totals: weights (1, 1, 1, 2, 2, 4) in families (0, 0, 0, 1, 1, 2)
+    give W = (3, 4, 4) and ESS = 11²/(9 + 16 + 16) = 121/41, against the plain Kish
+    11²/27 = 121/27 without families; equal weights in families (0, 0, 0, 1) give the
+    inverse Simpson index 1/((3/4)² + (1/4)²) = 1.6. The ESS metrics and the free-energy
+    delta method use it."""
+    from boltzbench.metrics.ess import ess, ess_fraction, ess_geyer, family_kish_ess
+    from boltzbench.metrics.free_energy import delta_f_estimate
+
+    log_w = np.log([[1.0, 1.0, 1.0, 2.0, 2.0, 4.0]]) - 7.0
+    families = np.array([[0, 0, 0, 1, 1, 2]])
+    assert family_kish_ess(log_w, families) == pytest.approx(121 / 41, rel=1e-12)
+    assert family_kish_ess(log_w, None) == pytest.approx(121 / 27, rel=1e-12)
+    assert family_kish_ess(np.zeros(4), np.array([7, 7, 7, 2])) == pytest.approx(1.6, rel=1e-12)
+    assert family_kish_ess(None, np.array([7, 7, 7, 2])) == pytest.approx(1.6, rel=1e-12)
+    # a family of zero weights (log-weight −inf) counts for nothing: W = (3, 4)
+    assert family_kish_ess(np.array([0.0, math.log(2), -math.inf, math.log(4)]), np.array([0, 0, 1, 2])) == pytest.approx(49 / 25)
+    samples = Samples(positions=np.zeros((1, 6, 1)), energies=np.zeros((1, 6)), log_weights=log_w,
+                      observables={}, states=np.array([[0, 1, 0, 1, 0, 1]]), families=families)
+    assert ess(samples, None) == ess_geyer(samples, None) == pytest.approx(121 / 41, rel=1e-12)
+    assert ess_fraction(samples, None) == pytest.approx(121 / 41 / 6, rel=1e-12)
+    assert delta_f_estimate(samples).n_eff == pytest.approx(121 / 41, rel=1e-12)
+    with pytest.raises(ValueError, match="families"):
+        family_kish_ess(log_w, families[:, :5])
+
+
+def test_collapsed_schedule_has_a_small_ess_and_ranks_below_the_adaptive_one():
+    """Issue 13, item 3, small: 10-D harmonic oscillator, 200 replicas, 10⁵ evaluations. The
+    schedule collapsed to one step resamples 200 replicas from a handful of ancestors, so its
+    ESS is a few (the spread of ⟨u⟩ over seeds implies about 3), not the ~400 that plain Kish
+    over the passes' equal weights said; the adaptive run's is larger. The record's ``ess``
+    (which the ESS-per-cost columns read) carries the family-aware value, and the kept
+    samples carry the families, unique across passes."""
+    from boltzbench.runner import make_cell, run_cell, sample_arrays
+
+    def cell(**params):
+        outcome = run_cell(make_cell("harmonic", "pa", seed=0, budget=Budget(max_evals=100_000, n_snapshots=1),
+                                     system_params={"dim": 10}, metrics=("ess", "ess_fraction"),
+                                     sampler_params={"population": 200, "initial_sweeps": 50, "sweeps": 5,
+                                                     **params}))
+        assert outcome.record["status"] == "ok", outcome.record["error"]
+        return outcome
+
+    collapsed, adaptive = cell(schedule="linear", n_steps=1), cell(schedule="adaptive")
+    ess_collapsed = collapsed.record["final"]["metrics"]["ess"]
+    ess_adaptive = adaptive.record["final"]["metrics"]["ess"]
+    assert ess_collapsed < 20 and ess_collapsed < ess_adaptive / 5, (ess_collapsed, ess_adaptive)
+    assert collapsed.record["final"]["metrics"]["ess_fraction"] == pytest.approx(ess_collapsed / collapsed.samples.n)
+    families = collapsed.samples.families.reshape(-1, 200)  # (passes, P)
+    assert families.shape[0] == collapsed.record["final"]["diagnostics"]["passes"] >= 2
+    for r, labels in enumerate(families):
+        assert labels.min() >= r * 200 and labels.max() < (r + 1) * 200
+    assert np.array_equal(sample_arrays(collapsed.samples)["families"], collapsed.samples.families)
+
+
+def test_adaptive_step_skips_infinite_energies_and_never_repeats_beta():
+    """+inf energies have weight 0 at any Δβ > 0: the step is chosen on the finite ones (the
+    old step returned β unchanged). NaN energies, all energies +inf, or a step that would be
+    below 10⁻⁹ stop with "stalled at β = …"."""
+    finite = torch.from_numpy(np.random.default_rng(1).gamma(5.0, 10.0, 700))
+    u = torch.cat([finite, torch.full((300,), math.inf, dtype=torch.float64)])
+    beta = next_beta(u, 0.1, 0.9)
+    assert beta == next_beta(finite, 0.1, 0.9) and 0.1 < beta < 1.0
+    assert relative_ess(-(beta - 0.1) * finite) == pytest.approx(0.9, abs=1e-9)
+    for bad, why in [(torch.cat([finite, torch.tensor([math.nan], dtype=torch.float64)]), "NaN"),
+                     (torch.full((10,), math.inf, dtype=torch.float64), r"\+inf"),
+                     (torch.tensor([0.0] * 8 + [1e300] * 2, dtype=torch.float64), "target_ess")]:
+        with pytest.raises(RuntimeError, match=rf"stalled at β = 0\.1\b.*{why}"):
+            next_beta(bad, 0.1, 0.9)
+
+
+def test_pa_anneals_past_infinite_energies():
+    """30 % of the walkers stuck inside a hard wall (u = +inf) at β₀: the first step removes
+    them and the run gives ⟨u⟩ = dim/2 at β = 1 (old code: stuck at β₀ until the budget
+    ended)."""
+    system = HardWall(dim=3)
+    snapshot, _ = run(system, Budget(max_evals=300_000, n_snapshots=1), seed=4, population=200,
+                      initial_sweeps=10)
+    d = snapshot.diagnostics
+    assert d["passes"] >= 8
+    first = d["schedule"][0]
+    assert 0.1 < first["beta"] and first["ess_fraction"] <= 0.7 * 0.9 + 1e-9  # the walled 30 % got weight 0
+    assert first["n_families"] <= 140
+    assert torch.isfinite(snapshot.energies).all() and (snapshot.positions[0, :, 0] <= 0).all()
+    assert_within(per_pass(snapshot, snapshot.energies).mean(axis=1), 1.5, what="<u>")
+
+
+@pytest.mark.parametrize("schedule", ["adaptive", "linear"])
+def test_nan_energies_stop_with_a_clear_error(schedule):
+    with pytest.raises(RuntimeError, match=r"stalled at β = 0\.1: \d+ NaN energies"):
+        run(NaNRegion(dim=2), Budget(max_evals=50_000), population=50, initial_sweeps=5, schedule=schedule)
+
+
+def test_a_schedule_that_cannot_advance_says_stalled_at_once():
+    """The old run burnt its whole budget at β = 0.1 with sweeps = 2, then blamed the budget."""
+    system = Cliff(dim=2)
+    with time_limit(60), pytest.raises(RuntimeError, match=r"stalled at β = 0\.1\b"):
+        run(system, Budget(max_evals=200_000), population=100, sweeps=2, initial_sweeps=2)
+    assert system.ledger.total_evals <= 300  # the warm-up pass's start and initial sweeps, nothing more
+
+
+def test_no_sweeps_stops_at_the_budget_and_at_the_deadline():
+    """sweeps = 0 charges nothing per annealing step, so only the yields after each step let
+    the budget and the deadline stop a pass. On the hard wall (the old code's endless loop
+    at β₀), the run ends within one pass's cost (200 evaluations) of its budget, and of the
+    cost at which the deadline passes (then with a final snapshot of the passes done)."""
+    params = dict(population=100, sweeps=0, initial_sweeps=1)
+    with time_limit(60):
+        system = HardWall(dim=2)
+        snapshot, _ = run(system, Budget(max_evals=5_000), **params)
+        assert 5_000 <= system.ledger.total_evals <= 5_200 and snapshot.diagnostics["passes"] >= 20
+
+        system = WallWithDeadline(dim=2, deadline_at=2_000)
+        snapshot, _ = run(system, Budget(max_evals=10**9), **params)
+        assert system.ledger.past_deadline() and system.ledger.total_evals <= 2_200
+        assert snapshot.cost["total_evals"] == system.ledger.total_evals and snapshot.diagnostics["passes"] >= 6
+
+
+@pytest.mark.parametrize("params", [dict(initial_sweeps=0), dict(initial_sweeps=0, sweeps=0, move="mc+md"),
+                                    dict(population=2, warmup_population=2, sweeps=0),
+                                    dict(schedule="linear", n_steps=1, move="md", dt=0.1)],
+                         ids=["no-initial-sweeps", "no-sweeps-mc+md", "population-2", "one-step-md"])
+def test_every_accepted_value_runs(params):
+    """Edge values that validation accepts run to a snapshot (initial_sweeps = 0 raised a
+    TypeError on any system)."""
+    system = get_system("harmonic", dim=2)
+    snapshot, _ = run(system, Budget(max_evals=20_000, n_snapshots=1), **{"population": 50, **params})
+    assert snapshot.diagnostics["passes"] >= 1 and torch.isfinite(snapshot.energies).all()
+
+
+def test_no_initial_sweeps_gives_the_right_mean_energy():
+    """initial_sweeps = 0 (old code: TypeError): the sweeps along the schedule equilibrate
+    the over-dispersed starts, and ⟨u⟩ = dim/2 at β = 1 within the spread of the passes."""
+    system = get_system("harmonic", dim=4, sigma=[0.5, 1, 1, 2])
+    snapshot, _ = run(system, Budget(max_evals=400_000, n_snapshots=1), seed=7, population=200, initial_sweeps=0)
+    assert snapshot.diagnostics["passes"] >= 8
+    assert_within(per_pass(snapshot, snapshot.energies).mean(axis=1), 2.0, what="<u>")

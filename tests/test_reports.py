@@ -118,7 +118,8 @@ def synthetic_results(folder: Path) -> list[dict]:
                                                       scale=scale, params={"n_particles": 43, "density": 1.2}),
                              arrays))
     out.append(write(records_dir, make_record("double_well", "flow", 0, DW_METRICS, status="failed")))
-    out.append(write(records_dir, make_record("ka2d", "swap", 7, ["energy_w1"], status="timeout")))
+    out.append(write(records_dir, make_record("ka2d", "swap", 7, ["energy_w1", "pair_distance_w1", "ess"],
+                                              status="timeout", params={"n_particles": 43, "density": 1.2})))
     return out
 
 
@@ -271,19 +272,21 @@ def test_bad_target_is_bad_input(small, tmp_path, capsys):
 # ------------------------------------------------------------------------- baseline
 
 
-def test_verdicts_by_interval():
-    old = Interval(1.0, 0.9, 1.1)
-    assert verdict("energy_w1", old, Interval(1.05, 0.95, 1.15)) is None
-    assert verdict("energy_w1", old, Interval(2.0, 1.8, 2.2)) == "regression"
-    assert verdict("energy_w1", old, Interval(0.5, 0.4, 0.6)) == "improvement"
-    assert verdict("ess", old, Interval(2.0, 1.8, 2.2)) == "improvement"
-    assert verdict("ess", old, Interval(0.5, 0.4, 0.6)) == "regression"
-    # the new mean left the old interval but the old mean is inside the new (wide) one
-    assert verdict("energy_w1", old, Interval(1.5, 0.5, 2.5)) == "moved"
-    assert verdict("delta_f", old, Interval(2.0, 1.8, 2.2)) == "moved"
-    # single seeds: points; identical values are no change
-    assert verdict("energy_w1", Interval(1.0, 1.0, 1.0), Interval(1.0, 1.0, 1.0)) is None
-    assert verdict("energy_w1", Interval(1.0, 1.0, 1.0), Interval(1.1, 1.1, 1.1)) == "regression"
+def test_verdicts_by_welch_test_and_tolerance():
+    # was: verdicts by intervals (one-seed points: any change beyond 1e-6 was a regression)
+    old = [1.0, 0.98, 1.02]
+    assert verdict("energy_w1", old, [1.01, 0.99, 1.03]) == (None, None)
+    result, p = verdict("energy_w1", old, [2.0, 1.96, 2.04])
+    assert result == "regression" and p < 0.05
+    assert verdict("energy_w1", old, [0.5, 0.49, 0.51])[0] == "improvement"
+    assert verdict("ess", old, [2.0, 1.96, 2.04])[0] == "improvement"
+    assert verdict("ess", old, [0.5, 0.49, 0.51])[0] == "regression"
+    assert verdict("delta_f", old, [2.0, 1.96, 2.04])[0] == "moved"
+    # single seeds: no test, never a regression; "not testable" beyond the tolerance
+    assert verdict("energy_w1", [1.0], [1.0]) == (None, None)
+    assert verdict("energy_w1", [1.0], [1.05]) == (None, None)
+    assert verdict("energy_w1", [1.0], [1.5]) == ("not testable", None)
+    assert verdict("energy_w1", [1.0, 1.1], [3.0]) == ("not testable", None)
 
 
 def _copy_with(results_folder: Path, dest: Path, sampler: str, metric: str, factor: float) -> Path:

@@ -176,11 +176,16 @@ def test_bootstrap_interval_width_shrinks_like_one_over_root_n():
 
 def test_bootstrap_degenerate_cases():
     assert bootstrap_ci([]).bound == "undefined"
+    # one seed: the value without an interval (was the zero-width interval [2.5, 2.5])
     one = bootstrap_ci([2.5])
-    assert (one.value, one.low, one.high) == (2.5, 2.5, 2.5)
+    assert (one.value, one.low, one.high) == (2.5, None, None) and not one.has_interval
+    assert one.text() == "2.5 (one seed: no interval)"
     assert bootstrap_ci([1.0, None, 3.0]).value == pytest.approx(2.0)
     same = ratio_ci([2.0, 2.0], [1.0, 1.0])
-    assert (same.value, same.low, same.high) == (2.0, 2.0, 2.0)
+    assert (same.value, same.low, same.high) == (2.0, 2.0, 2.0) and same.has_interval
+    # a ratio needs two values in each group: one baseline seed leaves its spread unseen
+    lone = ratio_ci([2.0, 4.0], [1.0])
+    assert (lone.value, lone.low, lone.high) == (3.0, None, None)
     assert ratio_ci([1.0], []).bound == "undefined"
     assert Interval(None, None, None, "undefined").text() == "—"
 
@@ -193,7 +198,9 @@ def finals(sampler, values, system="dw", metric="energy_w1", **kw):
 
 
 def test_displayed_ranks_count_clearly_better_samplers():
-    assert list(displayed_ranks([1.0, 1.1, 1.9], [1.2, 2.0, 3.0])) == [1, 1, 2]
+    # ties chain: the third touches the second, which touches the first: one group (the old
+    # rule gave 1, 1, 2, though the third was tied with a sampler ranked 1)
+    assert list(displayed_ranks([1.0, 1.1, 1.9], [1.2, 2.0, 3.0])) == [1, 1, 1]
     assert list(displayed_ranks([1.0, 2.0, 3.0], [1.5, 2.5, 3.5])) == [1, 2, 3]
     assert list(displayed_ranks([1.0, 1.0], [2.0, 2.0])) == [1, 1]
 
@@ -202,8 +209,11 @@ def test_ranking_keeps_overlapping_samplers_tied():
     records = (finals("a", [1.0, 1.01, 0.99, 1.0]) + finals("b", [5.0, 5.1, 4.9, 5.0])
                + finals("c", [5.05, 4.95, 5.0, 5.02]) + finals("d", [9.0, 9.1, 8.9, 9.0]))
     result = rank_samplers(records)
+    system = {e.sampler: e for e in result.per_system["dw"]}
+    assert system["a"].rank == 1 and system["a"].low == system["a"].high == 1.0
+    assert system["b"].rank == system["c"].rank == 2 and system["d"].rank == 4
     ranks = {e.sampler: e for e in result.overall}
-    assert ranks["a"].rank == 1 and ranks["a"].low == ranks["a"].high == 1.0
+    assert ranks["a"].rank == 1
     assert ranks["b"].rank == ranks["c"].rank == 2
     assert "c" in ranks["b"].tied_with and "b" in ranks["c"].tied_with
     assert ranks["d"].rank == 4
@@ -212,10 +222,13 @@ def test_ranking_keeps_overlapping_samplers_tied():
 
 def test_ranking_exact_ties_share_the_average_rank():
     records = finals("a", [1.0, 1.0]) + finals("b", [1.0, 1.0]) + finals("c", [0.5, 0.5])
-    ranks = {e.sampler: e for e in rank_samplers(records).overall}
+    result = rank_samplers(records)
+    ranks = {e.sampler: e for e in result.per_system["dw"]}
     assert ranks["c"].mean_rank == 1.0
     assert ranks["a"].mean_rank == ranks["b"].mean_rank == 2.5
     assert ranks["a"].rank == ranks["b"].rank == 2
+    assert result.pair("a", "b").win_rate == 0.5 and result.pair("a", "b").winner is None
+    assert [(e.sampler, e.rank) for e in result.overall] == [("c", 1), ("a", 2), ("b", 2)]
 
 
 def test_ranking_direction_undefined_values_failures_and_systems():
@@ -227,12 +240,17 @@ def test_ranking_direction_undefined_values_failures_and_systems():
     assert dw["pt"].mean_rank == 1.0 and dw["md"].mean_rank == 2.0          # larger ESS is better
     lj = {e.sampler: e for e in result.per_system["lj"]}
     assert lj["md"].mean_rank == 1.0 and lj["pt"].mean_rank == 2.0          # undefined counts as worst
+    # md and pt each win one of their two shared systems: win rate ½, no evidence
+    assert result.pair("md", "pt").win_rate == 0.5 and result.pair("md", "pt").winner is None
     overall = {e.sampler: e for e in result.overall}
-    assert overall["md"].mean_rank == overall["pt"].mean_rank == 1.5
+    assert overall["md"].rank == overall["pt"].rank == 1
     assert overall["md"].n_systems == 2
-    # a sampler whose only cell failed is ranked last on its system
+    # a sampler whose only cell failed is ranked last on its system, but with one seed
+    # there is no interval: the system's ranks are not separated
     flow_system = {e.sampler: e for e in result.per_system["dw"]}.get("flow")
     assert flow_system is not None and flow_system.mean_rank == 3.0
+    assert flow_system.low is None and {e.rank for e in result.per_system["dw"]} == {1}
+    assert result.few_seeds["dw"] == ["flow"]
     assert result.metrics["dw"] == ["ess"]
 
 
@@ -249,7 +267,8 @@ def test_ranking_uses_error_metrics_when_there_are_any():
     result = rank_samplers(records)
     assert result.metrics["dw"] == ["energy_w1"]
     assert [e.sampler for e in result.overall] == ["a", "b"]
-    assert result.overall[0].mean_rank == 1.0
+    assert result.per_system["dw"][0].mean_rank == 1.0
     # asked for explicitly, ESS is ranked too
     both = rank_samplers(records, metrics=["energy_w1", "ess"])
-    assert {e.sampler: e.mean_rank for e in both.overall} == {"a": 1.5, "b": 1.5}
+    assert {e.sampler: e.mean_rank for e in both.per_system["dw"]} == {"a": 1.5, "b": 1.5}
+    assert both.pair("a", "b").win_rate == 0.5

@@ -1,4 +1,4 @@
-"""Samplers that kill the process running them: for the worker-death tests (Dask)."""
+"""Samplers that kill or block the process running them: for the tests of dying and hanging cells."""
 
 import os
 from dataclasses import dataclass
@@ -31,4 +31,68 @@ class AlwaysDies(MetropolisMC):
 
     def run(self, system, budget, generator):
         os._exit(1)
+        yield  # pragma: no cover
+
+
+@dataclass
+class Segfaults(MetropolisMC):
+    """Crashes its process with a segmentation fault, as a bug in compiled code would."""
+
+    name: ClassVar[str] = "segfaults"
+
+    def run(self, system, budget, generator):
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+        yield  # pragma: no cover
+
+
+@dataclass
+class Hangs(MetropolisMC):
+    """Ignores its budget and its deadline: yields one snapshot, then sleeps forever."""
+
+    name: ClassVar[str] = "hangs"
+
+    def run(self, system, budget, generator):
+        import time
+
+        yield next(super().run(system, budget, generator))
+        while True:
+            time.sleep(0.1)
+
+
+def _kill_the_dask_worker():
+    """Kill the Dask worker running this cell: the cell's process is a child of the fork
+    server, itself a child of the worker."""
+    import signal
+    import time
+
+    import psutil
+
+    os.kill(psutil.Process(os.getppid()).ppid(), signal.SIGKILL)
+    time.sleep(60)  # this process ends with its parents
+
+
+@dataclass
+class KillsWorkerOnce(MetropolisMC):
+    """Kills its Dask worker the first time it runs (leaving a marker file), then samples."""
+
+    name: ClassVar[str] = "kills_worker_once"
+    marker: str = param("", "file that records the first kill")
+
+    def run(self, system, budget, generator):
+        if not Path(self.marker).exists():
+            Path(self.marker).write_text("killed")
+            _kill_the_dask_worker()
+        yield from super().run(system, budget, generator)
+
+
+@dataclass
+class AlwaysKillsWorker(MetropolisMC):
+    """Kills its Dask worker every time it runs."""
+
+    name: ClassVar[str] = "always_kills_worker"
+
+    def run(self, system, budget, generator):
+        _kill_the_dask_worker()
         yield  # pragma: no cover

@@ -1,0 +1,262 @@
+"""Runs that cannot get stuck (issue 13, items 7 and 12–17): every cell in a child process
+(a dead cell is a failed record, a hung one a timeout record), the same torch threads in
+every scheduler, exit codes, bad --out and options, the folder lock, the Dask start."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import dask
+import pytest
+
+from boltzbench import Budget, load_matrix, make_cell, run_matrix
+from boltzbench.cli import main
+from boltzbench.distributed import START_ATTEMPTS
+from boltzbench.runner import run_cell, run_cell_in_process
+from boltzbench.store import Store
+
+PLUGINS = str(Path(__file__).parent / "plugins")
+RUN = ["--no-progress", "--no-report"]
+
+
+def write_matrix(path: Path, samplers, seeds=(0,), max_evals=16 * 300, keep_samples=False) -> Path:
+    """A double-well matrix file; ``samplers``: (registered name, label) pairs, 16 chains each."""
+    entries = "".join(f'[[samplers]]\nname = "{name}"\nlabel = "{label}"\nparams = {{ n_chains = 16 }}\n'
+                      for name, label in samplers)
+    path.write_text(f'name = "runs"\nseeds = {list(seeds)}\nkeep_samples = {str(keep_samples).lower()}\n'
+                    f'[budget]\nmax_evals = {max_evals}\nn_snapshots = 3\n[[systems]]\nname = "double_well"\n'
+                    + entries)
+    return path
+
+
+def by_label(out: Path) -> dict[str, dict]:
+    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    return {r["sampler"]["label"]: r for r in records}
+
+
+@pytest.fixture
+def plugins(monkeypatch):
+    monkeypatch.syspath_prepend(PLUGINS)  # cell processes get the parent's sys.path
+    monkeypatch.setenv("PYTHONPATH", PLUGINS)  # Dask workers get the environment
+
+
+# ------------------------------------------------------------- 12, 14: dead and hung cells
+
+
+def test_a_dead_cell_is_a_failed_record_the_serial_run_goes_on_and_a_rerun_exits_1(tmp_path, plugins, capsys):
+    """Cells that os._exit or segfault fail with their exit code or signal; the cell after
+    them still runs. A rerun runs nothing, says how many finished cells failed, exits 1."""
+    path = write_matrix(tmp_path / "m.toml", [("dying_sampler:AlwaysDies", "exits"),
+                                              ("dying_sampler:Segfaults", "segfaults"), ("mc", "mc")])
+    command = ["run", str(path), "--out", str(tmp_path / "out"), "--scheduler", "serial", *RUN]
+    assert main(command) == 1
+    records = by_label(tmp_path / "out")
+    assert records["exits"]["status"] == "failed"
+    assert "the cell's process exited with code 1 before it returned a result" in records["exits"]["error"]
+    assert records["segfaults"]["status"] == "failed"
+    assert "killed by SIGSEGV (signal 11); a segmentation fault" in records["segfaults"]["error"]
+    assert records["mc"]["status"] == "ok" and len(records["mc"]["curve"]) == 3
+    assert records["exits"]["env"]["torch_threads"] == records["mc"]["env"]["torch_threads"] == 1
+    assert "1 ok, 2 failed" in capsys.readouterr().out
+
+    assert main(command) == 1
+    assert ("0 cells run (0 ok, 0 failed), 3 already finished (2 of them failed or timed out; "
+            "--retry-failed reruns them)") in capsys.readouterr().out
+
+
+def test_a_hung_cell_is_killed_after_timeout_and_grace_and_the_serial_run_goes_on(tmp_path, plugins):
+    matrix = load_matrix(write_matrix(tmp_path / "m.toml", [("dying_sampler:Hangs", "hangs"), ("mc", "mc")]))
+    started = time.monotonic()
+    summary = run_matrix(matrix, tmp_path / "out", timeout_s=1.0, progress=False)
+    assert time.monotonic() - started < 30
+    assert (summary.ok, summary.failed) == (1, 1)
+    hung = by_label(tmp_path / "out")["hangs"]
+    assert hung["status"] == "timeout"
+    assert "per-cell timeout of 1 s: the cell did not stop at its deadline" in hung["error"]
+    assert "was killed 2 s later, at 33 % of the budget" in hung["error"]
+
+
+def test_a_cell_process_sends_progress_and_runs_with_the_threads_asked():
+    """Progress fractions cross the pipe as the cell runs; the record's env has the child's
+    real thread count (this test process has 1), and the numbers are those of run_cell."""
+    cell = make_cell("double_well", "mc", budget=Budget(max_evals=16 * 300, n_snapshots=3),
+                     sampler_params={"n_chains": 16})
+    fractions = []
+    outcome = run_cell_in_process(cell, threads=2, on_progress=fractions.append)
+    assert len(fractions) == 3 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert outcome.record["env"]["torch_threads"] == 2
+    assert outcome.samples is None  # samples cross the pipe only when the matrix keeps them
+    assert outcome.record["curve"][-1]["metrics"] == run_cell(cell).record["curve"][-1]["metrics"]
+    assert run_cell_in_process(cell, keep_samples=True).samples.positions.shape[1:] == (16, 2)
+
+
+# ------------------------------------------------------- 13, 17: threads, no dashboard
+
+
+@contextmanager
+def port_taken(port: int):
+    """Hold 127.0.0.1:``port`` (if something else holds it already, it is taken anyway)."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+    try:
+        yield
+    finally:
+        sock.close()
+
+
+def test_serial_and_dask_give_the_same_numbers_with_the_same_threads_and_no_dashboard(tmp_path):
+    path = write_matrix(tmp_path / "m.toml", [("mc", "mc"), ("md", "md")])
+    assert main(["run", str(path), "--out", str(tmp_path / "serial"), "--scheduler", "serial", "--threads", "2",
+                 *RUN]) == 0
+    with port_taken(8787):
+        result = subprocess.run([sys.executable, "-m", "boltzbench.cli", "run", str(path), "--out",
+                                 str(tmp_path / "dask"), "--scheduler", "local", "--workers", "1", "--threads", "2",
+                                 *RUN], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "8787" not in result.stderr
+    serial, dask_ = by_label(tmp_path / "serial"), by_label(tmp_path / "dask")
+    for label in ("mc", "md"):
+        def points(record):
+            return [(point["cost"], point["metrics"]) for point in record["curve"]]
+
+        assert points(serial[label]) == points(dask_[label]) and len(points(serial[label])) == 3
+        assert serial[label]["final"]["diagnostics"] == dask_[label]["final"]["diagnostics"]
+        assert serial[label]["env"]["torch_threads"] == dask_[label]["env"]["torch_threads"] == 2
+
+
+# ----------------------------------------------------------- 15: options and --out
+
+
+@pytest.mark.parametrize("option", [["--cell-timeout", "nan"], ["--cell-timeout", "inf"], ["--cell-timeout", "-1"],
+                                    ["--cell-timeout", "0"], ["--workers", "0"], ["--threads", "0"],
+                                    ["--threads", "-2"]])
+def test_cli_rejects_option_values_that_would_not_run_as_meant(tmp_path, capsys, option):
+    path = write_matrix(tmp_path / "m.toml", [("mc", "mc")])
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--scheduler", "serial", *RUN, *option]) == 2
+    assert f"error: {option[0]}: must be" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "below a file", "read-only folder"])
+def test_a_bad_out_is_rejected_before_any_cell_runs(tmp_path, capsys, kind):
+    path = write_matrix(tmp_path / "m.toml", [("mc", "mc")])
+    blocker = tmp_path / "blocker"
+    if kind == "read-only folder":
+        blocker.mkdir()
+        blocker.chmod(0o555)
+        if os.access(blocker, os.W_OK):
+            pytest.skip("running as root: a read-only mode does not stop root")
+        out = blocker / "out"
+        expected = f"error: --out {out}: cannot write in {blocker} (read-only or not a folder)"
+    else:
+        blocker.write_text("not a folder")
+        out = blocker if kind == "file" else blocker / "out"
+        expected = f"error: --out {out}: " + ("is a file" if kind == "file" else f"lies below {blocker}, which is a file")
+    assert main(["run", str(path), "--out", str(out), "--scheduler", "serial", *RUN]) == 2
+    assert expected in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "m.toml"]
+
+
+# --------------------------------------------------------------------- 16: the lock
+
+
+def test_a_folder_in_use_is_refused_and_its_temporary_files_are_left_alone(tmp_path, capsys):
+    """While a run holds OUT/.lock, another exits 2 naming the holder and touches nothing,
+    not even a temporary file (a live run's write); once the lock is free, a run cleans it."""
+    path = write_matrix(tmp_path / "m.toml", [("mc", "mc")])
+    out = tmp_path / "out"
+    (out / "records").mkdir(parents=True)
+    live_write = out / "records" / ".0123456789abcdef.json.x1y2.tmp"
+    live_write.write_text('{"half": ')
+    with Store(out).lock():
+        assert main(["run", str(path), "--out", str(out), "--scheduler", "serial", *RUN]) == 2
+        assert (f"error: --out {out}: in use by another boltzbench run (pid {os.getpid()})"
+                in capsys.readouterr().err)
+        assert live_write.exists() and not list((out / "records").glob("*.json"))
+        with pytest.raises(RuntimeError, match="needs the folder's lock"):
+            Store(out).remove_partial()
+    assert main(["run", str(path), "--out", str(out), "--scheduler", "serial", *RUN]) == 0
+    assert not live_write.exists() and len(list((out / "records").glob("*.json"))) == 1
+
+
+# ------------------------------------------------- 7: samples added later; matrix.json
+
+
+def test_keep_samples_added_to_a_finished_matrix_reruns_the_cells_without_samples(tmp_path, capsys):
+    out = tmp_path / "out"
+    plain = write_matrix(tmp_path / "plain.toml", [("mc", "mc")], seeds=(0, 1))
+    assert main(["run", str(plain), "--out", str(out), "--scheduler", "serial", *RUN]) == 0
+    assert json.loads((out / "matrix.json").read_text()) == {
+        "name": "runs", "source": str(plain), "cell_ids": [c.cell_id for c in load_matrix(plain).cells()]}
+    keeping = write_matrix(tmp_path / "keeping.toml", [("mc", "mc")], seeds=(0, 1), keep_samples=True)
+    assert [c.cell_id for c in load_matrix(keeping).cells()] == [c.cell_id for c in load_matrix(plain).cells()]
+    capsys.readouterr()
+
+    assert main(["run", str(keeping), "--out", str(out), "--scheduler", "serial", *RUN]) == 0
+    said = capsys.readouterr().out
+    assert "2 cells run (2 ok, 0 failed), 0 already finished" in said
+    assert "2 of the cells run had finished ok without a samples file and were rerun" in said
+    for path in (out / "records").glob("*.json"):
+        assert (out / "records" / json.loads(path.read_text())["samples_file"]).is_file()
+    assert json.loads((out / "matrix.json").read_text())["source"] == str(keeping)
+
+    assert main(["run", str(keeping), "--out", str(out), "--scheduler", "serial", *RUN]) == 0
+    assert "0 cells run (0 ok, 0 failed), 2 already finished\n" in capsys.readouterr().out
+
+
+# -------------------------------------------------- 17: a cluster that fails to start
+
+
+def test_a_local_cluster_start_that_fails_is_retried_then_refused_clearly(tmp_path, plugins, monkeypatch, capsys):
+    """A worker that dies while the LocalCluster starts: one death is retried and the run
+    goes on; a death at every attempt exits 2 with a message, no traceback, nothing written."""
+    deaths = tmp_path / "deaths"
+    deaths.mkdir()
+    monkeypatch.setenv("BOLTZBENCH_TEST_WORKER_DEATHS", str(deaths))
+    path = write_matrix(tmp_path / "m.toml", [("mc", "mc")])
+    (deaths / "death-0").touch()
+    with dask.config.set({"distributed.worker.preload": ["dying_worker"]}):
+        summary = run_matrix(load_matrix(path), tmp_path / "once", scheduler="local", workers=1, progress=False)
+        assert (summary.ok, summary.failed) == (1, 0)
+        assert not list(deaths.glob("death-*")), "no worker died while starting"
+        for i in range(START_ATTEMPTS):
+            (deaths / f"death-{i}").touch()
+        assert main(["run", str(path), "--out", str(tmp_path / "always"), "--scheduler", "local", "--workers", "1",
+                     *RUN]) == 2
+    err = capsys.readouterr().err
+    assert (f"error: --scheduler local: the Dask LocalCluster of 1 workers failed to start {START_ATTEMPTS} "
+            "times (last: RuntimeError: Nanny failed to start worker process); no cell ran") in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "always").exists()
+
+
+# --------------------------------------------------------------- the Python API
+
+
+def test_a_script_without_a_main_guard_can_run_a_matrix(tmp_path):
+    """Cell processes never rerun the caller's script (as spawn and forkserver would)."""
+    path = write_matrix(tmp_path / "m.toml", [("mc", "mc")])
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(f"""
+        import boltzbench
+        summary = boltzbench.run_matrix(boltzbench.load_matrix({str(path)!r}), {str(tmp_path / 'out')!r},
+                                        progress=False)
+        print("ran", summary.ok, summary.failed)
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["ran 1 0"]
