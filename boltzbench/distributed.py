@@ -5,7 +5,7 @@
 * ``tcp://HOST:PORT`` (or any Dask address) connects to an existing scheduler; an
   unreachable address fails within ``connect_timeout`` seconds, before anything is written.
 * Each task runs its cell in a child process of the worker, exactly as the serial
-  scheduler does (:func:`~boltzbench.runner.run_cell_in_process`: the same torch threads,
+  scheduler does (:func:`~boltzbench.isolation.run_cell_in_process`: the same torch threads,
   a death or a hang past the timeout becomes the cell's record, the worker lives on).
 * Workers return records; the client alone writes them (atomically, once each).
 * A worker that dies while running a cell costs that cell one retry: the scheduler's
@@ -26,7 +26,8 @@ from distributed import Client, LocalCluster, as_completed
 from distributed.scheduler import KilledWorker
 
 from boltzbench.matrix import Cell
-from boltzbench.runner import CellOutcome, SchedulerError, failed_record, run_cell_in_process
+from boltzbench.isolation import run_cell_in_process
+from boltzbench.runner import CellOutcome, SchedulerError, failed_record
 
 #: Attempts at starting a LocalCluster: a worker that dies while starting (killed, out of
 #: memory) fails the whole start with "Nanny failed to start", although no cell ran.

@@ -5,7 +5,7 @@ the cell's metrics on them; the list of (cost, wall seconds, metrics) is the cel
 accuracy-versus-cost curve. The ledger's clock is stopped while metrics are computed, so
 analysis is never charged to the sampler. Any exception inside a cell (including
 non-finite energies) fails that cell only, with a diagnostic in ``error``; ``run_matrix``
-runs every cell in a child process (:func:`run_cell_in_process`), so a cell that kills its
+runs every cell in a child process (:mod:`boltzbench.isolation`), so a cell that kills its
 process or hangs past its timeout fails only itself too.
 """
 
@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import multiprocessing
 import os
 import platform
-import signal
 import sys
-import threading
 import time
 import traceback
-import types
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -221,164 +217,6 @@ def sample_arrays(samples: Samples) -> dict[str, np.ndarray]:
     return arrays
 
 
-# Every cell runs in a child process, whatever the scheduler: a cell that kills its process
-# (os._exit, a segfault in compiled code, the OOM killer) or ignores its deadline costs only
-# its own record, never the run.
-
-_CONTEXT: Any = None
-
-
-def kill_grace_s(timeout_s: float) -> float:
-    """Seconds a cell may run past ``timeout_s`` before its process is killed: max(2 s, 10 %
-    of the timeout), for the sampler's last step and the final metrics after the deadline."""
-    return max(2.0, 0.1 * timeout_s)
-
-
-def _preload_modules() -> list[str]:
-    """What the fork server imports once: boltzbench and the modules of the built-ins."""
-    from boltzbench.registry import BUILTIN
-
-    modules = {target.split(":")[0] for table in BUILTIN.values() for target in table.values()}
-    return ["boltzbench.runner", *sorted(modules)]
-
-
-def _context():
-    """The start method of cell processes: "forkserver", with boltzbench preloaded (a cell's
-    process is a fork of a clean single-threaded server, so it starts in milliseconds and
-    never inherits a torch thread pool), else "spawn"."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        if "forkserver" in multiprocessing.get_all_start_methods():
-            _CONTEXT = multiprocessing.get_context("forkserver")
-            _CONTEXT.set_forkserver_preload(_preload_modules())
-        else:  # pragma: no cover - Windows
-            _CONTEXT = multiprocessing.get_context("spawn")
-    return _CONTEXT
-
-
-@contextmanager
-def _starting_child():
-    """What holds while a cell's process starts.
-
-    * A daemonic process (a Dask worker, by default) may start it: multiprocessing refuses
-      so that no child outlives a daemon, and a cell's process ends with its parent anyway
-      (:func:`_exit_with_parent`).
-    * The child does not rerun the caller's main script, as "spawn" and "forkserver" would:
-      a cell needs only importable modules, so a script calling ``run_matrix`` needs no
-      ``if __name__ == "__main__"`` guard, and no cell pays for the script's imports.
-    """
-    config = multiprocessing.current_process()._config  # noqa: SLF001 - where the flag lives
-    daemon = config.pop("daemon", None)
-    main = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__: nothing to rerun
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = main
-        if daemon is not None:
-            config["daemon"] = daemon
-
-
-def _exit_with_parent() -> None:
-    """End this process as soon as the process that started it dies (a killed run or Dask
-    worker must not leave its cell computing, nor, through this process, its fork server):
-    a daemon thread waits on multiprocessing's sentinel of the parent."""
-    parent = multiprocessing.parent_process()
-
-    def watch() -> None:
-        parent.join()  # returns when the parent's end of the sentinel pipe closes
-        os._exit(70)
-
-    if parent is not None:
-        threading.Thread(target=watch, name="boltzbench-exit-with-parent", daemon=True).start()
-
-
-def _cell_process(conn, cell: Cell, matrix: dict[str, Any] | None, timeout_s: float | None, threads: int,
-                  keep_samples: bool, environ: dict[str, str]) -> None:
-    """The body of a cell's process: ``threads`` torch threads, then the cell; progress
-    fractions and the outcome go to the parent over ``conn``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it then kills this process
-    _exit_with_parent()
-    os.environ.clear()  # the parent's environment now (the fork server has the one of its start),
-    os.environ.update(environ)  # e.g. BOLTZBENCH_REFERENCES
-    torch.set_num_threads(threads)
-    outcome = run_cell(cell, matrix=matrix, timeout_s=timeout_s,
-                       on_progress=lambda fraction: conn.send(("progress", fraction)))
-    conn.send(("outcome", outcome if keep_samples else CellOutcome(outcome.record, None)))
-    conn.close()
-
-
-def _death(exitcode: int | None) -> str:
-    """Why a cell's process ended without a result, from its exit code (−N: killed by signal N)."""
-    if exitcode is not None and exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = "an unknown signal"
-        hint = {"SIGKILL": "; killed from outside, on Linux often by the out-of-memory killer (see dmesg)",
-                "SIGSEGV": "; a segmentation fault, usually in compiled code",
-                "SIGBUS": "; a bus error, usually in compiled code",
-                "SIGABRT": "; an abort, usually a failed check in compiled code"}.get(name, "")
-        return f"the cell's process was killed by {name} (signal {-exitcode}){hint}, before it returned a result"
-    return (f"the cell's process exited with code {exitcode} before it returned a result (os._exit or "
-            "sys.exit in the sampler or a plugin, or a failure to start: see the run's stderr)")
-
-
-def run_cell_in_process(cell: Cell, *, matrix: dict[str, Any] | None = None, timeout_s: float | None = None,
-                        threads: int = 1, keep_samples: bool = False,
-                        on_progress: Callable[[float], None] | None = None) -> CellOutcome:
-    """Run one cell in a child process with ``threads`` torch threads; never raises for
-    anything the cell does (a Ctrl-C of this process kills the child and propagates).
-
-    The child runs :func:`run_cell` (so the cooperative ``timeout_s`` applies) and sends
-    progress fractions and its :class:`CellOutcome` back over a pipe, the samples only when
-    ``keep_samples``. A child that ends without an outcome (os._exit, a segfault, the OOM
-    killer) gives a ``failed`` record naming its exit code or signal; one still running
-    ``kill_grace_s(timeout_s)`` after ``timeout_s`` is killed and gives a ``timeout`` record.
-    """
-    context = _context()
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_cell_process, name=f"boltzbench-cell-{cell.cell_id}",
-                              args=(sender, cell, matrix, timeout_s, threads, keep_samples, dict(os.environ)))
-    with _starting_child():
-        process.start()
-    sender.close()  # the child holds the only write end: its death is an end of file here
-    kill_at = None if timeout_s is None else time.monotonic() + timeout_s + kill_grace_s(timeout_s)
-    outcome, ended, progress = None, False, 0.0
-    try:
-        while outcome is None and not ended:
-            wait = None if kill_at is None else kill_at - time.monotonic()
-            if (wait is not None and wait <= 0) or not receiver.poll(wait):
-                break  # past the kill time
-            try:
-                kind, value = receiver.recv()
-            except (EOFError, OSError):
-                ended = True
-                break
-            if kind == "outcome":
-                outcome = value
-            else:
-                progress = value
-                if on_progress is not None:
-                    on_progress(value)
-    finally:
-        receiver.close()
-        process.join(timeout=5.0 if outcome is not None or ended else 0.0)
-        if process.is_alive():
-            process.kill()
-            process.join()
-    exitcode = process.exitcode
-    process.close()
-    if outcome is not None:
-        return outcome
-    if ended:
-        return CellOutcome(failed_record(cell, matrix, _death(exitcode), threads=threads), None)
-    error = (f"per-cell timeout of {timeout_s:g} s: the cell did not stop at its deadline (a step that "
-             f"never checks the budget, or a hang) and was killed {kill_grace_s(timeout_s):g} s later, "
-             f"at {100 * progress:.0f} % of the budget; no curve is kept")
-    return CellOutcome(failed_record(cell, matrix, error, status="timeout", threads=threads), None)
-
-
 @dataclass
 class RunSummary:
     out: Path
@@ -481,7 +319,7 @@ def run_matrix(matrix: Matrix, out: str | Path, *, scheduler: str = "serial", wo
 
     ``scheduler``: "serial" runs cells one after the other; "local" or a Dask address runs
     one Dask task per cell (see :mod:`boltzbench.distributed`). Either way each cell runs in
-    a child process with ``threads`` torch threads (:func:`run_cell_in_process`), so a cell
+    a child process with ``threads`` torch threads (:func:`boltzbench.isolation.run_cell_in_process`), so a cell
     that dies or hangs past ``timeout_s`` becomes a ``failed`` or ``timeout`` record.
 
     Before any cell: bad options or ``out`` raise ValueError, a scheduler that cannot be
@@ -532,6 +370,8 @@ def _executor(scheduler: str, workers: int | None):
     """A function (cells, matrix, timeout, threads, keep_samples, bar) → iterator of
     (cell, outcome), moving the bar; a Dask scheduler is reached or started on entry."""
     if scheduler == "serial":
+        from boltzbench.isolation import run_cell_in_process
+
         def execute(cells, info, timeout_s, threads, keep_samples, bar):
             for cell in cells:
                 bar.set_description_str(str(cell))

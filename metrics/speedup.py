@@ -96,7 +96,7 @@ class Interval:
 
     def text(self, digits: int = 3, unit: str = "") -> str:
         if self.value is None or self.bound == "undefined":
-            return "—"
+            return "undefined"
         prefix = {"lower": "≥ ", "upper": "≤ "}.get(self.bound, "")
         text = f"{prefix}{self.value:.{digits}g}{unit}"
         if self.bound == "" and not self.has_interval:

@@ -54,9 +54,9 @@ def slug(label: str) -> str:
 
 def interval_text(interval: Interval, digits: int = 4) -> str:
     """'mean [low, high]'; 'mean (one seed: no interval)' with fewer than two values
-    (:data:`boltzbench.metrics.speedup.MIN_SEEDS`); '—' when undefined."""
+    (:data:`boltzbench.metrics.speedup.MIN_SEEDS`); 'undefined' when undefined."""
     if interval.value is None:
-        return "—"
+        return "undefined"
     text = f"{interval.value:.{digits}g}"
     if not interval.has_interval:
         return f"{text} ({NO_INTERVAL})"
@@ -387,7 +387,7 @@ def system_blocks(group: list[dict[str, Any]], figure_dir: Path, records_dir: Pa
     blocks: list[Block] = [Heading(2, label), Text(f"`{system['name']}` {json.dumps(system.get('params', {}))}")]
     reference = group[0].get("reference") or {}
     if reference.get("missing"):
-        blocks.append(Text(f"No reference: {reference['missing']} Metrics that need one are undefined (—)."))
+        blocks.append(Text(f"No reference: {reference['missing']} Metrics that need one are undefined."))
     if reference.get("exact"):
         blocks.append(Text("Reference: " + ", ".join(f"{k} = {fmt(v)}" for k, v in reference["exact"].items())
                            + f" ({(reference.get('provenance') or {}).get('method', '')})"))

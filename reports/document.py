@@ -47,7 +47,7 @@ def table(header: list[str], rows: list[list[object]]) -> Table:
 
 def fmt(value: object) -> str:
     if value is None:
-        return "—"
+        return "undefined"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

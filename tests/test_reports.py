@@ -14,7 +14,6 @@ import pytest
 
 from boltzbench.cli import main
 from boltzbench.metrics.observables import energy_histogram
-from boltzbench.metrics.speedup import Interval
 from boltzbench.reports.compare import compare, verdict
 from boltzbench.reports.plots import radial_distribution
 

@@ -21,7 +21,8 @@ import pytest
 from boltzbench import Budget, load_matrix, make_cell, run_matrix
 from boltzbench.cli import main
 from boltzbench.distributed import START_ATTEMPTS
-from boltzbench.runner import run_cell, run_cell_in_process
+from boltzbench.isolation import run_cell_in_process
+from boltzbench.runner import run_cell
 from boltzbench.store import Store
 
 PLUGINS = str(Path(__file__).parent / "plugins")
