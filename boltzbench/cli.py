@@ -56,8 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     matrix = _load(args.matrix)
     check_scheduler(args.scheduler)
     check_run_options(workers=args.workers, timeout_s=args.cell_timeout, threads=args.threads)
-    out = Path(args.out) if args.out else Path("boltzbench-results") / matrix.name
-    check_out(out)
+    check_out(args.out if args.out is not None else Path("boltzbench-results") / matrix.name)
+    out = Path(args.out) if args.out is not None else Path("boltzbench-results") / matrix.name
     print(f"{_describe(matrix)}\nresults: {out}", file=sys.stderr)
     if not args.no_build_references:
         build_missing_references(matrix, out, retry_failed=args.retry_failed, progress=not args.no_progress,

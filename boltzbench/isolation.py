@@ -18,6 +18,7 @@ import threading
 import time
 import types
 from contextlib import contextmanager
+from multiprocessing import connection
 from typing import Any, Callable
 
 import torch
@@ -97,6 +98,7 @@ def _cell_process(conn, cell: Cell, matrix: dict[str, Any] | None, timeout_s: fl
                   keep_samples: bool, environ: dict[str, str]) -> None:
     """The body of a cell's process: ``threads`` torch threads, then the cell; progress
     fractions and the outcome go to the parent over ``conn``."""
+    os.setsid()  # a process group of its own: the parent kills it whole, with what the cell started
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it then kills this process
     _exit_with_parent()
     os.environ.clear()  # the parent's environment now (the fork server has the one of its start),
@@ -104,8 +106,22 @@ def _cell_process(conn, cell: Cell, matrix: dict[str, Any] | None, timeout_s: fl
     torch.set_num_threads(threads)
     outcome = run_cell(cell, matrix=matrix, timeout_s=timeout_s,
                        on_progress=lambda fraction: conn.send(("progress", fraction)))
-    conn.send(("outcome", outcome if keep_samples else CellOutcome(outcome.record, None)))
+    try:
+        conn.send(("outcome", outcome if keep_samples else CellOutcome(outcome.record, None)))
+    except Exception as exc:  # noqa: BLE001 - e.g. kept samples that cannot be pickled
+        conn.send(("outcome", CellOutcome(failed_record(
+            cell, matrix, f"the cell's result could not be sent to the run: {type(exc).__name__}: {exc}",
+            threads=threads), None)))
     conn.close()
+
+
+def _kill_group(pid: int) -> None:
+    """Kill what is left of a cell's process group: processes the cell started (it leads a
+    group of its own, :func:`_cell_process`), which must not outlive it."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left
 
 
 def _death(exitcode: int | None) -> str:
@@ -142,14 +158,21 @@ def run_cell_in_process(cell: Cell, *, matrix: dict[str, Any] | None = None, tim
                               args=(sender, cell, matrix, timeout_s, threads, keep_samples, dict(os.environ)))
     with _starting_child():
         process.start()
-    sender.close()  # the child holds the only write end: its death is an end of file here
+    sender.close()  # the child holds the only write end (a grandchild may inherit it: see below)
     kill_at = None if timeout_s is None else time.monotonic() + timeout_s + kill_grace_s(timeout_s)
     outcome, ended, progress = None, False, 0.0
     try:
         while outcome is None and not ended:
             wait = None if kill_at is None else kill_at - time.monotonic()
-            if (wait is not None and wait <= 0) or not receiver.poll(wait):
+            if wait is not None and wait <= 0:
                 break  # past the kill time
+            # the pipe has data, or the child ended (its sentinel: a grandchild that inherited
+            # the pipe must not hide the child's death by keeping the pipe open)
+            if not connection.wait([receiver, process.sentinel], wait):
+                continue
+            if not receiver.poll():
+                ended = True
+                break
             try:
                 kind, value = receiver.recv()
             except (EOFError, OSError):
@@ -167,6 +190,7 @@ def run_cell_in_process(cell: Cell, *, matrix: dict[str, Any] | None = None, tim
         if process.is_alive():
             process.kill()
             process.join()
+        _kill_group(process.pid)
     exitcode = process.exitcode
     process.close()
     if outcome is not None:

@@ -52,6 +52,7 @@ TOP_KEYS = ("name", "description", "seeds", "baseline", "metrics", "keep_samples
 SYSTEM_KEYS = ("name", "label", "params", "budget")
 SAMPLER_KEYS = ("name", "label", "params", "systems")
 BUDGET_KEYS = ("max_evals", "max_wall_s", "n_snapshots")
+MAX_SEED = 2 ** 63  # torch.Generator.manual_seed takes a signed 64-bit integer
 
 
 class MatrixError(ValueError):
@@ -159,8 +160,9 @@ def parse_matrix(data: dict[str, Any], source: str = "matrix", default_name: str
     samplers = _components(data["samplers"], "samplers", fail, system_labels=[s.label for s in systems])
 
     seeds = data["seeds"]
-    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise fail("seeds", f"must be a non-empty list of non-negative integers, got {seeds!r}")
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool)
+                                                      and 0 <= s < MAX_SEED for s in seeds)):
+        raise fail("seeds", f"must be a non-empty list of integers in [0, 2**63), got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise fail("seeds", f"repeated seeds in {seeds!r}")
 

@@ -31,7 +31,7 @@ from boltzbench.contracts import Budget, Samples, Snapshot, System
 from boltzbench.matrix import Cell, Component, Matrix
 from boltzbench.metrics.observables import energy_histogram
 from boltzbench.registry import get_metric, get_sampler, get_system
-from boltzbench.store import SCHEMA, Store, write_json_atomic
+from boltzbench.store import SCHEMA, Store, json_problem, to_jsonable, write_json_atomic
 
 PACKAGES = ("boltzbench", "torch", "numpy", "scipy", "pot", "openmm")
 
@@ -91,6 +91,27 @@ def _check_finite(snapshot: Snapshot) -> None:
                     else f"every one of the {log_w.numel()} log-weights is -inf (no sample carries weight)")
             raise NonFiniteEnergy(f"{what} by cost {snapshot.cost['total_evals']:.4g} evaluations: "
                                   f"the sampler's importance weights are undefined")
+
+
+def _metric_value(name: str, value: Any) -> float | None:
+    """A metric's value as the record keeps it: a float, or None for undefined (None, NaN,
+    ±inf); anything else is the metric's error, named."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"metric {name!r} returned {value!r}, not a number or None")
+    return float(value) if math.isfinite(value) else None
+
+
+def _json_diagnostics(diagnostics: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot's diagnostics as JSON values (arrays and tensors become lists); raises
+    TypeError naming the first value that is none."""
+    converted = to_jsonable(diagnostics)
+    problem = json_problem(converted, "diagnostics")
+    if problem:
+        raise TypeError(f"the sampler's snapshot {problem}: diagnostics must be JSON values (numbers, "
+                        "strings, lists, dicts; NumPy arrays and torch tensors are converted)")
+    return converted
 
 
 @dataclass
@@ -185,10 +206,10 @@ def run_cell(cell: Cell, *, matrix: dict[str, Any] | None = None, timeout_s: flo
             _check_finite(snapshot)
             samples = to_samples(snapshot, system)
             values = {name: None if isinstance(reference, dict) and getattr(metric, "needs_reference", True)
-                      else metric(samples, reference) for name, metric in metrics.items()}
-            curve.append({"cost": snapshot.cost["total_evals"], "wall_s": snapshot.cost["total_wall_s"],
-                          "metrics": values})
-            final = {"metrics": values, "diagnostics": snapshot.diagnostics}
+                      else _metric_value(name, metric(samples, reference)) for name, metric in metrics.items()}
+            # the cost is the ledger's, whatever the snapshot says (its clock is stopped here)
+            curve.append({"cost": ledger.total_evals, "wall_s": ledger.total_wall_s, "metrics": values})
+            final = {"metrics": values, "diagnostics": _json_diagnostics(snapshot.diagnostics)}
             if on_progress is not None:
                 on_progress(min(cell.budget.used(ledger), 1.0))
         if ledger.past_deadline():
@@ -237,7 +258,8 @@ class SchedulerError(ValueError):
     """The Dask scheduler cannot be reached or started (bad ``--scheduler`` input)."""
 
 
-SCHEDULER_HELP = "serial (in this process), local (a Dask LocalCluster) or a Dask address such as tcp://host:8786"
+SCHEDULER_HELP = ("serial (one cell after the other), local (a Dask LocalCluster) or a Dask address such as "
+                  "tcp://host:8786")
 
 
 def check_scheduler(scheduler: str) -> None:
@@ -285,6 +307,8 @@ def check_run_options(*, workers: int | None = None, timeout_s: float | None = N
 def check_out(out: str | Path) -> None:
     """Raise ValueError (naming --out) unless results can be written to ``out``: a writable
     folder, or a path that does not exist yet below a writable folder (created by the run)."""
+    if not str(out).strip():
+        raise ValueError("--out: must be a folder path, got an empty one")
     path = Path(out)
     try:
         existing = path.absolute()
@@ -344,7 +368,12 @@ def run_matrix(matrix: Matrix, out: str | Path, *, scheduler: str = "serial", wo
         with _progress_bar(len(todo), progress) as bar:
             for cell, outcome in execute(todo, info, timeout_s, threads, matrix.keep_samples, bar):
                 keep = matrix.keep_samples and outcome.samples is not None
-                store.write(outcome.record, sample_arrays(outcome.samples) if keep else None)
+                try:
+                    store.write(outcome.record, sample_arrays(outcome.samples) if keep else None)
+                except (TypeError, ValueError) as exc:  # a record that cannot be JSON: the cell's failure
+                    outcome = CellOutcome(failed_record(cell, info, f"its record could not be written: {exc}",
+                                                        threads=threads), None)
+                    store.write(outcome.record)
                 ok = outcome.record["status"] == "ok"
                 counts["ok" if ok else "failed"] += 1
                 if not ok:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,6 +45,23 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def json_problem(obj: Any, where: str = "value") -> str | None:
+    """Where ``obj`` holds something that is not plain JSON ("diagnostics.x is a set"), or None."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                return f"{where} has the key {key!r}, not a string"
+            problem = json_problem(value, f"{where}.{key}")
+            if problem:
+                return problem
+        return None
+    if isinstance(obj, list):
+        return next((p for i, v in enumerate(obj) if (p := json_problem(v, f"{where}[{i}]"))), None)
+    if obj is None or isinstance(obj, (str, bool, int)) or (isinstance(obj, float) and math.isfinite(obj)):
+        return None
+    return f"{where} is {obj!r} (a {type(obj).__name__}), not a JSON value"
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -95,9 +113,9 @@ def record_problem(record: Any, file_name: str | None = None) -> str | None:
     """Why ``record`` is not a usable boltzbench record, or None if it is one.
 
     Checked: the schema (a version this code knows), the cell (system and sampler with
-    label, name and params; integer seed; budget; metrics), that ``cell_id`` is, given
-    ``file_name``, the file's stem (a record copied into another cell's file is not that
-    cell's record), the status, and the shapes that reports
+    label, name and params; integer seed; budget; metrics), that ``cell_id`` is the hash of
+    that cell (:func:`cell_id_of`: a record edited into another cell is not that cell's
+    record) and, given ``file_name``, the file's stem, the status, and the shapes that reports
     read: ``matrix``, ``cost``, ``curve`` points and ``final`` metrics (numbers or null) and
     diagnostics.
     """
@@ -122,6 +140,9 @@ def record_problem(record: Any, file_name: str | None = None) -> str | None:
     cell_id = record.get("cell_id")
     if not isinstance(cell_id, str):
         return "malformed record: no cell_id"
+    if cell_id != cell_id_of(record):
+        return (f"its cell (system, sampler, seed, budget, metrics) hashes to {cell_id_of(record)}, not to its "
+                f"cell_id {cell_id}: edited after it was written")
     if file_name is not None and Path(file_name).stem != cell_id:
         return f"holds the record of cell {cell_id}, not of the cell its file name says"
     if record.get("status") not in STATUSES:
@@ -194,7 +215,8 @@ class Store:
     def has_samples(self, record: dict[str, Any]) -> bool:
         """Whether the record names a samples file that is there beside it."""
         name = record.get("samples_file")
-        return isinstance(name, str) and Path(name).name == name and (self.records_dir / name).is_file()
+        return (isinstance(name, str) and Path(name).name == name and (self.records_dir / name).is_file()
+                and zipfile.is_zipfile(self.records_dir / name))
 
     def write(self, record: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
         if arrays is not None:

@@ -90,6 +90,9 @@ def autocorrelation(trace: np.ndarray) -> np.ndarray:
     n_steps = trace.shape[0]
     if support(None, trace.ravel()) is None:
         return np.full(n_steps, np.nan)
+    scale = np.abs(trace).max()
+    if scale > 0:  # ρ is scale-free: work at O(1) so that squares neither overflow nor underflow
+        trace = trace / scale
     y = trace - trace.mean()
     size = 1 << (2 * n_steps - 1).bit_length()
     spectrum = np.fft.rfft(y, n=size, axis=0)
@@ -159,7 +162,7 @@ def autocorr_ess(trace: np.ndarray, method: str = "window") -> float:
         tau = geyer_autocorr_time(trace, monotone=True)
     else:
         raise ValueError(f"method: unknown {method!r}; valid: window, geyer, geyer_monotone")
-    return float(min(trace.size, trace.size / tau))
+    return float(min(trace.size, trace.size / tau)) if math.isfinite(tau) else float("nan")
 
 
 def family_effective_population(diagnostics: dict[str, Any]) -> float | None:

@@ -183,7 +183,7 @@ def changes_blocks(changes: list[Change], unchanged: int, baseline: str, problem
              f"one-sided Welch t-test of \"worse by at most the tolerance\" rejects at α = {ALPHA:g} (false-alarm "
              "rate at most α for any change within the tolerance). With fewer than two seeds on either side "
              "there is no test: \"not testable\", never a regression. A pair with no ok cell now is a "
-             "regression. Gated metrics: "
+             "regression; a pair whose settings differ is \"not comparable\". Gated metrics: "
              + (f"all but {', '.join(f'`{m}`' for m in ignored)} (`--ignore-metric`)" if ignored else "all")
              + ". Intervals: 95 % bootstrap over seeds; p: one-sided p-value of the test behind the verdict.")]
     if problems:
@@ -234,8 +234,15 @@ def speedup_blocks(group: list[dict[str, Any]], options: ReportOptions) -> list[
     if metric is None:
         wanted = options.speedup_metric or "an error metric"
         return [title, Text(f"No speedups: {wanted} has no value on this system.")]
-    if baseline not in {r["sampler"]["label"] for r in group}:
+    # rows of one label at several settings carry suffixes (reports.selection): find the baseline's
+    rows = sorted({r["sampler"]["label"] for r in group if r["sampler"].get("matrix_label", r["sampler"]["label"])
+                   == baseline})
+    if not rows:
         return [title, Text(f"No speedups: the baseline sampler {baseline!r} has no ok cell on this system.")]
+    if len(rows) > 1:
+        return [title, Text(f"No speedups: the baseline sampler {baseline!r} has {len(rows)} settings on this "
+                            f"system ({'; '.join(rows)}); report one matrix at a time (without --all-records).")]
+    baseline = rows[0]
     result = speedup_table(group, metric, options.target, baseline)
     sign = "≥" if direction(metric) > 0 else "≤"
     target = "undefined" if result.target is None else f"{result.target:.4g}"

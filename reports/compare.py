@@ -39,7 +39,9 @@ Verdicts, per metric:
 * a metric defined before and undefined in every cell now (for example a state no longer
   visited) is a regression, the reverse an improvement: undefined counts as worst;
 * a (system, sampler) pair with ok cells in the baseline and none now is a regression
-  ("no ok cell now"), whatever the gate; pairs only on one side are "new" or "removed".
+  ("no ok cell now"), whatever the gate; pairs only on one side are "new" or "removed";
+* **not comparable**: a pair whose settings (parameters, budget, metrics) differ between the
+  two runs, with the settings named; its metrics are not compared.
 
 Everything else is counted as unchanged (no evidence of a change beyond the tolerance).
 Wall-clock seconds are not compared (they depend on the machine).
@@ -56,6 +58,7 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from boltzbench.metrics.speedup import MIN_SEEDS, Interval, bootstrap_ci, direction
+from boltzbench.reports.selection import differing_settings
 
 #: One-sided false-alarm rate of the regression test.
 ALPHA = 0.05
@@ -210,6 +213,11 @@ def compare(current: list[dict[str, Any]], baseline: list[dict[str, Any]], *,
             continue
         if key not in now:
             changes.append(Change(system, sampler, "(cells)", None, None, "removed"))
+            continue
+        differ = differing_settings(now[key], old[key])
+        if differ:  # the same labels, other settings: the runs do not measure the same thing
+            changes.append(Change(system, sampler, f"(settings differ: {', '.join(differ)})", None, None,
+                                  "not comparable"))
             continue
         ok_now = [r for r in now[key] if r.get("status") == "ok"]
         ok_old = [r for r in old[key] if r.get("status") == "ok"]

@@ -10,7 +10,8 @@ one row are seeds of one setting; records of different rows are never pooled:
   ``all_records`` it shows them too, as rows of their own. A folder without
   ``matrix.json`` shows every record.
 * **Distinct labels.** Rows that share a label (``md`` at two time steps, a system at two
-  temperatures) get the settings that tell them apart appended, e.g. ``md (dt=0.005)``.
+  temperatures) get the settings that tell them apart appended, e.g. ``md (dt=0.005)``; the
+  sampler's label in the matrix stays in ``sampler.matrix_label``.
 * **Duplicates.** Two records of the same row and seed (the same cell run twice under
   different ids, for example by a version that did not yet normalize ``2e4`` to ``20000``)
   count once: the record of the matrix that was run, else the most recently finished one,
@@ -76,6 +77,20 @@ def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: json.dumps(canonical(obj))}
 
 
+def differing_settings(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[str]:
+    """The names of the settings (system and sampler parameters, budget, metrics) in which
+    the rows of records ``a`` and of records ``b`` differ; [] when they are one setting."""
+    def flats(records):
+        return {json.dumps(_flat({k: r.get(k) for k in ROW_KEYS}), sort_keys=True) for r in records}
+
+    left, right = flats(a), flats(b)
+    if left == right:
+        return []
+    values = [json.loads(f) for f in left | right]
+    names = sorted(set().union(*values))
+    return [n.split(".")[-1] for n in names if len({v.get(n) for v in values}) > 1]
+
+
 def _suffixes(settings: dict[str, Any]) -> dict[str, str]:
     """For rows (key → their settings) that share a label: key → ' (name=value, …)' listing
     the settings in which the rows differ, named by their last component."""
@@ -104,8 +119,9 @@ def _distinct_labels(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         settings = {k: r.get(k) for k in ("sampler", "budget", "metrics")}
         samplers[(r["system"]["label"], r["sampler"]["label"])][row_key(r)] = settings
     suffix = {group: _suffixes(rows) if len(rows) > 1 else {k: "" for k in rows} for group, rows in samplers.items()}
-    return [{**r, "sampler": {**r["sampler"], "label": r["sampler"]["label"]
-                              + suffix[(r["system"]["label"], r["sampler"]["label"])][row_key(r)]}} for r in out]
+    return [{**r, "sampler": {**r["sampler"], "matrix_label": r["sampler"]["label"],
+                              "label": r["sampler"]["label"] + suffix[(r["system"]["label"], r["sampler"]["label"])][
+                                  row_key(r)]}} for r in out]
 
 
 def select_records(records: list[dict[str, Any]], manifest: dict[str, Any] | None = None,

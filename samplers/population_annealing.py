@@ -199,7 +199,9 @@ class PopulationAnnealing(Sampler):
     n_steps: int = param(50, "annealing steps of the linear and geometric schedules")
     target_ess: float = param(0.9, "relative ESS per step of the adaptive schedule, in (0, 1)")
     sweeps: int = param(10, "local moves of every replica after each resampling")
-    initial_sweeps: int = param(100, "local moves at β₀ that equilibrate each fresh population")
+    initial_sweeps: int = param(100, "local moves at β₀ that equilibrate each fresh population (0 trusts the "
+                                     "system's initial configurations to be equilibrium draws at β₀; if they are "
+                                     "not, the results are biased, however large the ESS)")
     resampling: str = param("systematic", "'systematic' or 'multinomial'")
     move: str = param("mc", "local move: 'mc' (Metropolis), 'md' (BAOAB Langevin) or 'mc+md'")
     step: float = param(0.5, "initial Metropolis step size (tuned against β in the warm-up pass)")
@@ -339,7 +341,7 @@ class PopulationAnnealing(Sampler):
             what = "the per-cell deadline passed" if ledger.past_deadline() else "the budget ended"
             which = "the warm-up pass" if steps_at is None else "the first production pass"
             raise RuntimeError(f"{what} before the first complete annealing pass ({which} had reached "
-                               f"β = {reached:.4g}); raise the budget or lower population, sweeps or "
+                               f"β = {reached!r}); raise the budget or lower population, sweeps or "
                                f"initial_sweeps")
         if last_yield != ledger.total_evals and (snapshots.due(ledger) or ledger.past_deadline()):
             yield pool.snapshot(ledger, warmup_evals)  # at the deadline too: keep the passes done

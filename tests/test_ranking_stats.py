@@ -27,6 +27,7 @@ from boltzbench.metrics.speedup import bootstrap_ci, speedup_table
 from boltzbench.reports.build import interval_text, ranking_blocks
 from boltzbench.reports.compare import compare, parse_tolerance, welch_p_worse
 from boltzbench.reports.document import Table, Text
+from boltzbench.store import cell_id_of
 
 DW = ["energy_w1", "x1_w1", "mean_energy_error", "delta_f_error", "ess"]
 
@@ -36,9 +37,8 @@ def rec(system: str, sampler: str, seed: int, final: dict, *, status: str = "ok"
     curve = [{"cost": c, "wall_s": c / 1e4, "metrics": {m: (v if v is None else v * (len(costs) - k))
                                                           for m, v in final.items()}}
              for k, c in enumerate(costs, start=1)]
-    return {
-        "schema": "boltzbench.record/1", "cell_id": f"{system}-{sampler}-{seed}".replace("_", ""),
-        "status": status, "error": None if status == "ok" else "boom",
+    record = {
+        "schema": "boltzbench.record/1", "status": status, "error": None if status == "ok" else "boom",
         "system": {"label": system, "name": system, "params": {}},
         "sampler": {"label": sampler, "name": sampler, "params": {}}, "seed": seed,
         "budget": {"max_evals": costs[-1]}, "metrics": list(final),
@@ -48,6 +48,7 @@ def rec(system: str, sampler: str, seed: int, final: dict, *, status: str = "ok"
         "final": {"metrics": final if status == "ok" else {}, "diagnostics": {}},
         "reference": {"exact": {}, "provenance": {"method": "test"}},
     }
+    return {**record, "cell_id": cell_id_of(record)}
 
 
 def runs(system: str, sampler: str, seeds, **values) -> list[dict]:

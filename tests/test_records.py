@@ -130,10 +130,13 @@ def _odd(kind: str, good: dict) -> tuple[dict | str, str]:
         record["schema"] = "boltzbench.record/2"
     elif kind == "another cell's content":
         return record, cell_id_of({**good, "seed": 99})
+    elif kind == "edited settings":
+        record["sampler"]["params"]["n_chains"] = 9        # cell_id and file name kept
     return record, good["cell_id"]
 
 
-ODD = ["no diagnostics", "no cell_id", "matrix null", "text metric", "newer schema", "another cell's content"]
+ODD = ["no diagnostics", "no cell_id", "matrix null", "text metric", "newer schema", "another cell's content",
+       "edited settings"]
 
 
 @pytest.mark.parametrize("kind", ODD)
@@ -163,3 +166,34 @@ def test_a_nan_metric_is_undefined_not_a_nan_ranking(tmp_path):
     ranking = report.split("## Ranking", 1)[1].split("\n## ", 1)[0]
     assert "nan" not in ranking.lower()
     assert Store(tmp_path).load(nan["cell_id"])["final"]["metrics"]["energy_w1"] is None
+
+
+def test_a_baseline_with_other_settings_is_not_compared(tmp_path):
+    """Same labels, another dt: the runs do not measure the same thing, and the report says
+    so instead of comparing (or gating) their metrics."""
+    for seed in range(3):
+        write(tmp_path / "now" / "records", _md(seed, 0.005))
+        write(tmp_path / "old" / "records", _md(seed, 0.01))
+    assert main(["report", str(tmp_path / "now"), "--baseline", str(tmp_path / "old"), "--fail-on-regression"]) == 0
+    report = (tmp_path / "now" / "report" / "report.md").read_text()
+    assert "not comparable" in report and "(settings differ: dt)" in report
+
+
+def test_speedups_find_the_baseline_under_its_matrix_label(tmp_path):
+    """With --all-records the baseline's row is labelled with its settings; the speedup table
+    still finds it, and says so when the baseline has several settings."""
+    for seed in range(2):
+        write(tmp_path / "records", _md(seed, 0.01))
+        write(tmp_path / "records", make_record("double_well", "pt", seed, DW_METRICS, scale=0.2))
+    one = _report(tmp_path, "--all-records")
+    assert "has no ok cell on this system" not in one and "| pt | 2 | " in one.split("### Speedup over md", 1)[1]
+    for seed in range(2):
+        write(tmp_path / "records", _md(seed, 0.005))
+    both = _report(tmp_path, "--all-records")
+    assert "the baseline sampler 'md' has 2 settings on this system" in both
+
+
+def test_seeds_beyond_a_64_bit_generator_seed_are_bad_input():
+    with pytest.raises(Exception, match=r"seeds: must be a non-empty list of integers in \[0, 2\*\*63\)"):
+        parse_matrix(matrix(seeds=(2 ** 64,)))
+    assert parse_matrix(matrix(seeds=(2 ** 63 - 1,))).cells()

@@ -16,6 +16,7 @@ from boltzbench.cli import main
 from boltzbench.metrics.observables import energy_histogram
 from boltzbench.reports.compare import compare, verdict
 from boltzbench.reports.plots import radial_distribution
+from boltzbench.store import cell_id_of
 
 ENV = {"python": "3.11.7", "platform": "Linux-test", "cpu_count": 2, "torch_threads": 2, "device": "cpu",
        "packages": {"boltzbench": "0.1.0", "torch": "2.13.0+cpu", "numpy": "2", "scipy": "1", "pot": "0.9",
@@ -45,9 +46,8 @@ def make_record(system: str, sampler: str, seed: int, metrics: list[str], *, sca
                 setup: float = 0.0, exact: dict | None = None) -> dict:
     points = curve(metrics, scale, seed + 17 * len(sampler)) if status == "ok" else []
     total = points[-1]["cost"] if points else 0.0
-    cell_id = f"{abs(hash((system, sampler, seed))) % 16**12:012x}cafe"
-    return {
-        "schema": "boltzbench.record/1", "cell_id": cell_id, "status": status,
+    record = {
+        "schema": "boltzbench.record/1", "status": status,
         "error": None if status == "ok" else ("NonFiniteEnergy: non-finite | energies (at md.py:1)"
                                                if status == "failed" else "per-cell timeout of 5 s reached"),
         "system": {"label": system, "name": system, "params": params or {}},
@@ -64,6 +64,7 @@ def make_record(system: str, sampler: str, seed: int, metrics: list[str], *, sca
                          if exact else {})},
         "env": ENV, "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:00:01+00:00",
     }
+    return {**record, "cell_id": cell_id_of(record)}
 
 
 def write(records_dir: Path, record: dict, arrays: dict | None = None) -> dict:

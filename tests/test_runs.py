@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import dask
@@ -23,9 +24,20 @@ from boltzbench.cli import main
 from boltzbench.distributed import START_ATTEMPTS
 from boltzbench.isolation import run_cell_in_process
 from boltzbench.runner import run_cell
+from boltzbench.samplers.mc import MetropolisMC
 from boltzbench.store import Store
 
 PLUGINS = str(Path(__file__).parent / "plugins")
+
+
+@dataclass
+class CheapLiar(MetropolisMC):
+    """Says every snapshot cost −5 evaluations."""
+
+    def run(self, system, budget, generator):
+        for snapshot in super().run(system, budget, generator):
+            snapshot.cost = {**snapshot.cost, "total_evals": -5.0}
+            yield snapshot
 RUN = ["--no-progress", "--no-report"]
 
 
@@ -144,7 +156,7 @@ def test_serial_and_dask_give_the_same_numbers_with_the_same_threads_and_no_dash
 
 @pytest.mark.parametrize("option", [["--cell-timeout", "nan"], ["--cell-timeout", "inf"], ["--cell-timeout", "-1"],
                                     ["--cell-timeout", "0"], ["--workers", "0"], ["--threads", "0"],
-                                    ["--threads", "-2"]])
+                                    ["--threads", "-2"], ["--out", ""]])
 def test_cli_rejects_option_values_that_would_not_run_as_meant(tmp_path, capsys, option):
     path = write_matrix(tmp_path / "m.toml", [("mc", "mc")])
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--scheduler", "serial", *RUN, *option]) == 2
@@ -218,6 +230,11 @@ def test_keep_samples_added_to_a_finished_matrix_reruns_the_cells_without_sample
     assert main(["run", str(keeping), "--out", str(out), "--scheduler", "serial", *RUN]) == 0
     assert "0 cells run (0 ok, 0 failed), 2 already finished\n" in capsys.readouterr().out
 
+    junk = next((out / "records").glob("*.npz"))   # a samples file that is not one is no samples file
+    junk.write_bytes(b"not a zip archive")
+    assert main(["run", str(keeping), "--out", str(out), "--scheduler", "serial", *RUN]) == 0
+    assert "1 of the cells run had finished ok without a samples file" in capsys.readouterr().out
+
 
 # -------------------------------------------------- 17: a cluster that fails to start
 
@@ -261,3 +278,61 @@ def test_a_script_without_a_main_guard_can_run_a_matrix(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["ran 1 0"]
+
+
+# ------------------------------------------------- what a cell leaves behind, and odd results
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"   # a zombie is dead
+
+
+def test_a_cell_whose_helper_holds_the_pipe_is_still_over_and_its_helper_is_killed(tmp_path, plugins):
+    """The cell exits while a process it started keeps the result pipe open: the run sees the
+    death from the process's sentinel (not an end of file that never comes) and kills the
+    cell's whole process group."""
+    pid_file = tmp_path / "helper.pid"
+    path = write_matrix(tmp_path / "m.toml", [("dying_sampler:LeavesAHelper", "helper")])
+    path.write_text(path.read_text().replace("n_chains = 16", f'n_chains = 16, pid_file = "{pid_file}"'))
+    started = time.monotonic()
+    summary = run_matrix(load_matrix(path), tmp_path / "out", progress=False)
+    assert summary.failed == 1 and time.monotonic() - started < 60     # not the helper's 300 s
+    assert "exited with code 3" in by_label(tmp_path / "out")["helper"]["error"]
+    helper = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(helper) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(helper)
+
+
+@pytest.mark.parametrize("what, status", [("object", "failed"), ("tensor", "ok")])
+def test_diagnostics_are_json_in_the_record_or_the_cell_fails_alone(tmp_path, plugins, what, status):
+    """A tensor in the diagnostics is converted; a value that is not JSON fails its own cell,
+    named, and the run goes on (it used to crash the run, and every resume with it)."""
+    path = write_matrix(tmp_path / "m.toml", [("dying_sampler:OddDiagnostics", "odd"), ("mc", "mc")])
+    text = path.read_text().replace("params = { n_chains = 16 }", f'params = {{ n_chains = 16, what = "{what}" }}', 1)
+    path.write_text(text)
+    summary = run_matrix(load_matrix(path), tmp_path / "out", scheduler="serial", progress=False)
+    records = by_label(tmp_path / "out")
+    assert records["odd"]["status"] == status and records["mc"]["status"] == "ok"
+    assert summary.ok + summary.failed == 2
+    if status == "ok":
+        assert records["odd"]["final"]["diagnostics"]["odd"] == [0.0, 1.0, 2.0]
+    else:
+        assert "diagnostics.odd is <object object" in records["odd"]["error"]
+
+
+def test_the_curve_counts_the_ledger_not_what_the_snapshot_says():
+    """A sampler cannot make itself cheaper by writing its own cost into a snapshot."""
+    from boltzbench.contracts import Budget
+    from boltzbench.matrix import Cell, Component
+
+    cell = Cell(Component("double_well", "double_well", {}),
+                Component("liar", "test_runs:CheapLiar", {"n_chains": 16}),
+                0, Budget(max_evals=16 * 200, n_snapshots=2), ("energy_w1",))
+    record = run_cell(cell).record
+    assert [p["cost"] for p in record["curve"]] == [16 * 100, 16 * 200]

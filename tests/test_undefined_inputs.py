@@ -415,3 +415,16 @@ def test_a_minus_inf_log_weight_is_legal_in_a_cell_and_equals_dropping_the_sampl
     assert expected["delta_f"] is not None and expected["energy_w2"] is not None
     for name, value in expected.items():
         assert got[name] == (None if value is None else pytest.approx(value, rel=1e-12)), name
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200])
+def test_autocorrelation_ess_does_not_depend_on_the_trace_scale(scale):
+    """ρ(t) is scale-free: a white-noise trace around 1e200 (squares overflow) or of size
+    1e-200 (squares underflow) has the ESS of the same trace at scale 1, not C·T or C/2."""
+    from boltzbench.metrics.ess import autocorr_ess
+
+    trace = np.random.default_rng(3).normal(size=(1000, 2))
+    for method in ("window", "geyer"):
+        plain = autocorr_ess(trace, method)
+        assert 0.5 * trace.size < plain <= trace.size
+        assert autocorr_ess(scale * trace + (scale if scale > 1 else 0.0), method) == pytest.approx(plain, rel=1e-6)

@@ -96,3 +96,36 @@ class AlwaysKillsWorker(MetropolisMC):
     def run(self, system, budget, generator):
         _kill_the_dask_worker()
         yield  # pragma: no cover
+
+
+@dataclass
+class OddDiagnostics(MetropolisMC):
+    """Puts a value in its diagnostics: ``what`` = "object" (not JSON), "tensor" (converted)."""
+
+    name: ClassVar[str] = "odd_diagnostics"
+    what: str = param("object", "object or tensor")
+
+    def run(self, system, budget, generator):
+        import torch
+
+        odd = object() if self.what == "object" else torch.arange(3.0)
+        for snapshot in super().run(system, budget, generator):
+            snapshot.diagnostics["odd"] = odd
+            yield snapshot
+
+
+@dataclass
+class LeavesAHelper(MetropolisMC):
+    """Starts a long-lived helper process that inherits every descriptor, then exits its own
+    process: the helper holds the result pipe open, but the cell is still over."""
+
+    name: ClassVar[str] = "leaves_a_helper"
+    pid_file: str = param("", "file that records the helper's pid")
+
+    def run(self, system, budget, generator):
+        import subprocess
+
+        helper = subprocess.Popen(["sleep", "300"], close_fds=False)
+        Path(self.pid_file).write_text(str(helper.pid))
+        os._exit(3)
+        yield  # pragma: no cover
