@@ -45,9 +45,16 @@ def require(condition: bool, field: str, message: str) -> None:
         raise ParameterError(field, message)
 
 
-def param(default: Any, help: str) -> Any:
-    """Declare a parameter of a system or sampler: a dataclass field with a help text."""
-    return field(default=default, metadata={"help": help})
+def param(default: Any, help: str, physical: bool = True) -> Any:
+    """Declare a parameter of a system or sampler: a dataclass field with a help text.
+
+    ``physical`` says whether the parameter changes the target distribution (temperature,
+    N, density, ...). Numerical settings that only change how energies are computed
+    (precision, device, a neighbour-list skin, an OpenMM platform) pass ``physical=False``:
+    a system's reference is identified by its physical parameters alone
+    (:func:`boltzbench.systems.references.reference_key`).
+    """
+    return field(default=default, metadata={"help": help, "physical": bool(physical)})
 
 
 class Configurable:

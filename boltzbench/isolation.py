@@ -35,14 +35,6 @@ def kill_grace_s(timeout_s: float) -> float:
     return max(2.0, 0.1 * timeout_s)
 
 
-def _preload_modules() -> list[str]:
-    """What the fork server imports once: boltzbench and the modules of the built-ins."""
-    from boltzbench.registry import BUILTIN
-
-    modules = {target.split(":")[0] for table in BUILTIN.values() for target in table.values()}
-    return ["boltzbench.isolation", *sorted(modules)]
-
-
 def _context():
     """The start method of cell processes: "forkserver", with boltzbench preloaded (a cell's
     process is a fork of a clean single-threaded server, so it starts in milliseconds and
@@ -51,7 +43,7 @@ def _context():
     if _CONTEXT is None:
         if "forkserver" in multiprocessing.get_all_start_methods():
             _CONTEXT = multiprocessing.get_context("forkserver")
-            _CONTEXT.set_forkserver_preload(_preload_modules())
+            _CONTEXT.set_forkserver_preload(["boltzbench.isolation", "boltzbench._warm"])
         else:  # pragma: no cover - Windows
             _CONTEXT = multiprocessing.get_context("spawn")
     return _CONTEXT

@@ -162,7 +162,7 @@ def parse_matrix(data: dict[str, Any], source: str = "matrix", default_name: str
     seeds = data["seeds"]
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool)
                                                       and 0 <= s < MAX_SEED for s in seeds)):
-        raise fail("seeds", f"must be a non-empty list of integers in [0, 2**63), got {seeds!r}")
+        raise fail("seeds", f"must be a non-empty list of non-negative integers below 2**63, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise fail("seeds", f"repeated seeds in {seeds!r}")
 

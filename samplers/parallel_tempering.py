@@ -3,8 +3,12 @@
 R replicas sample exp(−β_k·u) on a ladder β_0 = 1 > β_1 > … > β_{R−1} = 1/t_max of inverse
 temperatures relative to the target (Swendsen & Wang, PRL 57, 2607 (1986); Geyer 1991;
 Hukushima & Nemoto, J. Phys. Soc. Jpn. 65, 1604 (1996)). Between exchange attempts every
-replica makes ``local_steps`` local moves (``moves.py``: Metropolis, BAOAB Langevin or
-both). An exchange of the configurations of neighbours k, k+1 is accepted with
+replica makes ``local_steps`` local moves (``moves.py``: Metropolis, BAOAB Langevin, both,
+or, for particle systems, ``swap``: a sweep of swap Monte Carlo — single-particle
+displacements and, with probability ``p_swap`` per attempt, exchanges of the identities of
+two particles of the species pairs ``swap_pairs`` — at the replica's β, the usual
+combination in glass studies). An exchange of the configurations of neighbours k, k+1 is
+accepted with
 
     min(1, exp((β_k − β_{k+1})·(u_k − u_{k+1}))),
 
@@ -24,11 +28,11 @@ With MD moves configurations travel with their velocities, rescaled by sqrt(β_o
 potential energies only.
 
 Warm-up (a fraction ``warmup`` of the budget, charged, samples discarded): Metropolis step
-sizes start at σ/√β_k and, every 10 exchange rounds, are tuned per temperature towards
-``target_acceptance``. With ``ladder = "adaptive"`` the ladder is re-spaced after warm-up
-rounds of doubling length (10, 20, 40, … exchange rounds) so that the swap rejection rates
-become equal: with r_k the rejection rate of pair k, the cumulative barrier Λ(β_k) = Σ_{j<k} r_j
-is interpolated piecewise-linearly in β and the new β_k solve Λ(β_k) = k/(R−1)·Λ(β_{R−1})
+sizes (the displacement half-widths of ``swap`` moves) start at σ/√β_k and, every 10
+exchange rounds, are tuned per temperature towards ``target_acceptance``. With
+``ladder = "adaptive"`` the ladder is re-spaced after warm-up rounds of doubling length
+(10, 20, 40, … exchange rounds) so that the swap rejection rates become equal: with r_k
+the rejection rate of pair k, the cumulative barrier Λ(β_k) = Σ_{j<k} r_j is interpolated piecewise-linearly in β and the new β_k solve Λ(β_k) = k/(R−1)·Λ(β_{R−1})
 (the schedule update of Syed et al. 2022, with linear instead of monotone-spline
 interpolation; the end points stay fixed). Nothing adapts in production.
 
@@ -49,7 +53,9 @@ import torch
 
 from boltzbench.contracts import Budget, Sampler, Snapshot, System, param, require
 from boltzbench.samplers.chains import ChainTrace
-from boltzbench.samplers.moves import MOVES, Move, Walkers, acceptance, make_move, tunable_leaves, tune
+from boltzbench.samplers.moves import (MOVES, SWAP_ACCEPTED, SWAP_ATTEMPTS, Move, Walkers, acceptance,
+                                       check_swap_pairs, check_swap_system, make_move, prepare, skipped_pairs,
+                                       swap_counts, tunable_leaves, tune)
 
 SCHEMES = ("deo", "seo")
 LADDERS = ("geometric", "adaptive")
@@ -140,9 +146,15 @@ class ParallelTempering(Sampler):
     scheme: str = param("deo", "'deo' deterministic even/odd swaps (non-reversible, Syed et al. 2022) "
                                "or 'seo' stochastic even/odd (reversible)")
     n_chains: int = param(16, "independent PT chains, batched; each gives one β = 1 sample per kept round")
-    move: str = param("mc", "local move: 'mc' (Metropolis), 'md' (BAOAB Langevin) or 'mc+md'")
+    move: str = param("mc", "local move: 'mc' (Metropolis), 'md' (BAOAB Langevin), 'mc+md', or 'swap' (a sweep "
+                            "of swap Monte Carlo, particle systems only)")
     local_steps: int = param(1, "local moves of every replica between two exchange rounds")
-    step: float = param(0.5, "initial Metropolis step size (tuned per temperature during warm-up)")
+    step: float = param(0.5, "initial Metropolis step size, or the displacement half-width of move = 'swap' "
+                             "(tuned per temperature during warm-up)")
+    p_swap: float = param(0.2, "move = 'swap': probability that an attempted move exchanges the identities "
+                               "(species or diameters) of two particles (not a replica exchange), in [0, 1]")
+    swap_pairs: list[str] | None = param(None, "move = 'swap': the species pairs whose particles may exchange "
+                                               "identities, e.g. ['AC', 'BC']; None: every pair")
     target_acceptance: float = param(0.4, "Metropolis acceptance the warm-up tunes towards, in (0, 1)")
     dt: float = param(0.01, "MD time step")
     friction: float = param(1.0, "MD Langevin friction γ")
@@ -166,6 +178,11 @@ class ParallelTempering(Sampler):
         require(self.scheme in SCHEMES, "scheme", f"must be one of {', '.join(SCHEMES)}; got {self.scheme!r}")
         require(self.n_chains >= 1, "n_chains", f"must be >= 1, got {self.n_chains}")
         require(self.move in MOVES, "move", f"must be one of {', '.join(MOVES)}; got {self.move!r}")
+        require(isinstance(self.p_swap, (int, float)) and not isinstance(self.p_swap, bool)
+                and 0.0 <= self.p_swap <= 1.0, "p_swap", f"must be a probability in [0, 1], got {self.p_swap!r}")
+        self.swap_pairs = check_swap_pairs(self.swap_pairs)
+        require(self.swap_pairs is None or self.move == "swap", "swap_pairs",
+                f"applies to move = 'swap' only (move is {self.move!r}); leave it unset")
         require(self.local_steps >= 1, "local_steps", f"must be >= 1, got {self.local_steps}")
         require(self.step > 0, "step", f"must be > 0, got {self.step}")
         require(0 < self.target_acceptance < 1, "target_acceptance",
@@ -181,13 +198,21 @@ class ParallelTempering(Sampler):
             return np.asarray(self.betas, float)
         return geometric_ladder(self.n_replicas, self.t_max)
 
+    def _move(self) -> Move:
+        return make_move(self.move, step=self.step, dt=self.dt, friction=self.friction, mass=self.mass,
+                         p_swap=self.p_swap, swap_pairs=self.swap_pairs)
+
     def run(self, system: System, budget: Budget, generator: torch.Generator) -> Iterator[Snapshot]:
+        if self.move == "swap":  # refuse a system without particles or species before any work
+            check_swap_system(system, self.p_swap, who="pt with move = 'swap'")
+            skipped_pairs(system, self.swap_pairs)
         ledger, schedule, trace = system.ledger, budget.schedule(), ChainTrace(self.thin)
+        move = self._move()
+        prepare(move, system)
         betas = torch.tensor(self.initial_ladder(), dtype=system.dtype)
         C, R = self.n_chains, len(betas)
         slot = torch.arange(R).repeat(C)  # walker b = c·R + r sits in temperature slot r
         walkers = Walkers.start(system, system.sample_initial(C * R, generator), betas[slot])
-        move = make_move(self.move, step=self.step, dt=self.dt, friction=self.friction, mass=self.mass)
         for leaf in tunable_leaves(move):  # initial steps σ/√β_k: wider where it is hotter
             leaf.set_step(self.step / torch.sqrt(betas[slot]), C * R)
         walker_at_slot = torch.arange(R).repeat(C, 1)
@@ -245,6 +270,12 @@ class ParallelTempering(Sampler):
         per_temperature = ([None] * R if local is None
                            else local.view(C, R).mean(dim=0).tolist())
         steps = [leaf.step.view(C, R)[0].tolist() for leaf in tunable_leaves(move) if leaf.step is not None]
+        counts = swap_counts(move)
+        identity = None
+        if counts is not None:  # identity swaps accepted / attempted, per temperature
+            tried = counts[:, SWAP_ATTEMPTS].view(C, R).sum(dim=0)
+            accepted = counts[:, SWAP_ACCEPTED].view(C, R).sum(dim=0)
+            identity = [float(a / t) if t > 0 else None for a, t in zip(accepted, tried)]
         total_trips = int(trips.count.sum())
         production_evals = ledger.total_evals - phase["warmup_evals"]
         return {
@@ -253,6 +284,7 @@ class ParallelTempering(Sampler):
             "round_trips": total_trips,
             "round_trips_per_replica": trips.count.sum(dim=0).tolist(),
             "acceptance": per_temperature,
+            **({} if identity is None else {"acceptance_identity_swap": identity}),
             "step_sizes": steps[0] if len(steps) == 1 else steps,
             "evals_per_round_trip": production_evals / total_trips if total_trips else None,
             **phase,

@@ -10,7 +10,9 @@ target) is cooled step by step, β_k → β_{k+1} (Hukushima & Iba, AIP Conf. Pr
    P evenly spaced pointers; copies of i are ⌊P·w_i⌋ or ⌈P·w_i⌉; Kitagawa, J. Comput.
    Graph. Stat. 5, 1 (1996); Douc, Cappé & Moulines, ISPA 2005) or ``multinomial``;
    both give E[copies of i] = P·w_i/Σw;
-3. equilibrates every replica with ``sweeps`` local moves at β_{k+1} (``moves.py``).
+3. equilibrates every replica with ``sweeps`` local moves at β_{k+1} (``moves.py``; for
+   particle systems ``move = "swap"`` makes each a sweep of swap Monte Carlo, displacements
+   and identity swaps with probability ``p_swap`` between the species pairs ``swap_pairs``).
 
 Summing step 1 over the schedule gives ln Z(1)/Z(β₀) = Σ_k ln ⟨exp(−Δβ_k·u)⟩ and the
 free-energy difference −ln(Z(1)/Z(β₀)) (in kT at the target).
@@ -65,8 +67,8 @@ import numpy as np
 import torch
 
 from boltzbench.contracts import Budget, Sampler, Snapshot, System, param, require
-from boltzbench.samplers.moves import (MOVES, Move, Walkers, acceptance, log_mean_exp, make_move,
-                                       tunable_leaves, tune_step)
+from boltzbench.samplers.moves import (MOVES, Move, Walkers, acceptance, check_swap_pairs, check_swap_system,
+                                       log_mean_exp, make_move, prepare, skipped_pairs, tunable_leaves, tune_step)
 
 SCHEDULES = ("adaptive", "linear", "geometric")
 RESAMPLING = ("systematic", "multinomial")
@@ -203,8 +205,14 @@ class PopulationAnnealing(Sampler):
                                      "system's initial configurations to be equilibrium draws at β₀; if they are "
                                      "not, the results are biased, however large the ESS)")
     resampling: str = param("systematic", "'systematic' or 'multinomial'")
-    move: str = param("mc", "local move: 'mc' (Metropolis), 'md' (BAOAB Langevin) or 'mc+md'")
-    step: float = param(0.5, "initial Metropolis step size (tuned against β in the warm-up pass)")
+    move: str = param("mc", "local move: 'mc' (Metropolis), 'md' (BAOAB Langevin), 'mc+md', or 'swap' (a sweep "
+                            "of swap Monte Carlo, particle systems only)")
+    step: float = param(0.5, "initial Metropolis step size, or the displacement half-width of move = 'swap' "
+                             "(tuned against β in the warm-up pass)")
+    p_swap: float = param(0.2, "move = 'swap': probability that an attempted move exchanges the identities "
+                               "(species or diameters) of two particles, in [0, 1]")
+    swap_pairs: list[str] | None = param(None, "move = 'swap': the species pairs whose particles may exchange "
+                                               "identities, e.g. ['AC', 'BC']; None: every pair")
     target_acceptance: float = param(0.4, "Metropolis acceptance the warm-up pass tunes towards, in (0, 1)")
     dt: float = param(0.01, "MD time step")
     friction: float = param(1.0, "MD Langevin friction γ")
@@ -224,6 +232,11 @@ class PopulationAnnealing(Sampler):
         require(self.resampling in RESAMPLING, "resampling",
                 f"must be one of {', '.join(RESAMPLING)}; got {self.resampling!r}")
         require(self.move in MOVES, "move", f"must be one of {', '.join(MOVES)}; got {self.move!r}")
+        require(isinstance(self.p_swap, (int, float)) and not isinstance(self.p_swap, bool)
+                and 0.0 <= self.p_swap <= 1.0, "p_swap", f"must be a probability in [0, 1], got {self.p_swap!r}")
+        self.swap_pairs = check_swap_pairs(self.swap_pairs)
+        require(self.swap_pairs is None or self.move == "swap", "swap_pairs",
+                f"applies to move = 'swap' only (move is {self.move!r}); leave it unset")
         require(self.step > 0, "step", f"must be > 0, got {self.step}")
         require(0 < self.target_acceptance < 1, "target_acceptance",
                 f"must be in (0, 1), got {self.target_acceptance}")
@@ -233,7 +246,8 @@ class PopulationAnnealing(Sampler):
         require(self.warmup_population >= 2, "warmup_population", f"must be >= 2, got {self.warmup_population}")
 
     def _move(self) -> Move:
-        return make_move(self.move, step=self.step, dt=self.dt, friction=self.friction, mass=self.mass)
+        return make_move(self.move, step=self.step, dt=self.dt, friction=self.friction, mass=self.mass,
+                         p_swap=self.p_swap, swap_pairs=self.swap_pairs)
 
     # one pass ------------------------------------------------------------------------
     def anneal(self, system: System, n: int, generator: torch.Generator,
@@ -310,6 +324,10 @@ class PopulationAnnealing(Sampler):
 
     # the run -------------------------------------------------------------------------
     def run(self, system: System, budget: Budget, generator: torch.Generator) -> Iterator[Snapshot]:
+        if self.move == "swap":  # refuse a system without particles or species before any work
+            check_swap_system(system, self.p_swap, who="pa with move = 'swap'")
+            skipped_pairs(system, self.swap_pairs)
+        prepare(self._move(), system)  # the swap move's numba compilation, charged to setup
         ledger, snapshots = system.ledger, budget.schedule()
         pool = _Pool(self.population)
         steps_at, warmup_evals = None, 0.0

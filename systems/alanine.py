@@ -156,7 +156,8 @@ class AlanineDipeptide(System):
                                                   "ess")
 
     temperature: float = param(300.0, "temperature in kelvin")
-    platform: str = param("Reference", "OpenMM platform that evaluates energies: 'Reference' or 'CPU' (1 thread)")
+    platform: str = param("Reference", "OpenMM platform that evaluates energies: 'Reference' or 'CPU' (1 thread)",
+                          physical=False)
 
     def __post_init__(self) -> None:
         require(self.temperature > 0, "temperature", f"must be > 0 (kelvin), got {self.temperature}")

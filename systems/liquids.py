@@ -1,11 +1,12 @@
 """Glass-forming liquids in a periodic box: Kob-Andersen mixtures and polydisperse soft spheres.
 
-Lennard-Jones mixtures (``ka3d``, ``ka2d``, ``ternary2d``). Species α, β interact through
-φ_αβ(r) = 4ε_αβ[(σ_αβ/r)¹² − (σ_αβ/r)⁶] − φ_αβ^LJ(r_c,αβ) for r < r_c,αβ = 2.5·σ_αβ and 0
-beyond (truncated and shifted), all masses m = 1, reduced units σ_AA = ε_AA = kB = 1. The box
-is a cube (square) of edge L = (N/ρ)^(1/d). Species counts: round(x_k·N) particles of every
-species but the last (halves rounded up), the rest of the last; for 80:20 that is round(0.8·N)
-A particles. Particles 0..N_A−1 are A, then B, then C.
+Lennard-Jones mixtures (``ka3d``, ``ka2d``, ``ternary2d``). In ``ka3d`` and ``ka2d`` species
+α, β interact through φ_αβ(r) = 4ε_αβ[(σ_αβ/r)¹² − (σ_αβ/r)⁶] − φ_αβ^LJ(r_c,αβ) for
+r < r_c,αβ = 2.5·σ_αβ and 0 beyond (truncated and shifted); ``ternary2d`` smooths the cutoff
+with a polynomial instead (below). All masses m = 1, reduced units σ_AA = ε_AA = kB = 1. The
+box is a cube (square) of edge L = (N/ρ)^(1/d). Species counts: the quotas x_k·N apportioned
+by largest remainders (:func:`~boltzbench.systems.particles.species_counts`); with two species
+that is round(x_A·N) A particles, halves up. Particles 0..N_A−1 are A, then B, then C.
 
 * ``ka3d`` — W. Kob & H. C. Andersen, Phys. Rev. Lett. 73, 1376 (1994) and Phys. Rev. E 51,
   4626 (1995): A:B = 80:20, σ_AB = 0.8, σ_BB = 0.88, ε_AB = 1.5, ε_BB = 0.5, ρ = 1.2.
@@ -14,21 +15,39 @@ A particles. Particles 0..N_A−1 are A, then B, then C.
 * ``ka2d`` — the same pair parameters in two dimensions at A:B = 65:35, ρ = 1.2, the
   composition that resists crystallization in 2D: R. Brüning, D. A. St-Onge, S. Patterson &
   W. Kob, J. Phys.: Condens. Matter 21, 035117 (2009). N ≥ 30 at ρ = 1.2.
-* ``ternary2d`` — the swap-compatible ternary family used by G. Jung, G. Biroli & L. Berthier,
+* ``ternary2d`` — the 2D ternary glass former of G. Jung, G. Biroli & L. Berthier,
   "Normalizing flows as an enhanced sampling method for atomistic supercooled liquids",
-  Mach. Learn.: Sci. Technol. 5, 035053 (2024), arXiv:2404.09914, for their N = 43 benchmark
-  in 2D. Its pair parameters are the ternary Kob-Andersen model "KA2" of A. D. S. Parmar,
-  M. Ozawa & L. Berthier, Phys. Rev. Lett. 125, 085505 (2020), in which a third species C of
-  intermediate size is added so that swap moves are accepted:
-  σ_AA = 1, σ_AB = 0.8, σ_AC = 0.9, σ_BB = 0.88, σ_BC = 0.84, σ_CC = 0.94;
-  ε_AA = 1, ε_AB = 1.5, ε_AC = 1.25, ε_BB = 0.5, ε_BC = 1.0, ε_CC = 0.75; r_c = 2.5·σ_αβ.
-  These numbers were checked against the model file ``kob_andersen_2.json`` of D. Coslovich's
-  model database *berni* (PyPI ``berni`` 0.2.1, "Ternary Kob-Andersen Lennard-Jones mixture,
-  KA2 in the reference", DOI 10.1103/physrevlett.125.085505). NOT verified against the
-  published text of Jung et al.: the composition and density of their 2D system could not be
-  retrieved here. Stand-ins, both parameters: composition A:B:C = 0.55:0.30:0.15 (the 2D KA
-  65:35 with part of A turned into C; for N = 43 this gives 24:13:6) and ρ = 1.2 (the 2D KA
-  density, which with N = 43 gives the box edge L ≈ 5.99 quoted in the design card).
+  Mach. Learn.: Sci. Technol. 5, 035053 (2024), arXiv:2404.09914: model "KA2-2D" of the first
+  author's analysis code (GitHub GerhardJung/StructDynGlass, ``struct_epot.cpp``
+  ``determine_sigma2``/``determine_epsilon2``/``calc_epot2``, constants in ``struct_epot.h``)
+  and, independently, model ``JBB()`` of TheDisorderedOrganization/ParticlesMC
+  (``src/models.jl``, ``SmoothLennardJones``). Three species A, B, C:
+  σ_AA = 1, σ_BB = 0.88, σ_CC = 0.94, σ_AB = 0.8, σ_AC = 0.9, σ_BC = 0.8;
+  ε_AA = 1, ε_BB = 0.5, ε_CC = 0.75, ε_AB = 1.5, ε_AC = 0.75, ε_BC = 1.5;
+  φ_αβ(r) = 4ε_αβ[(σ_αβ/r)¹² − (σ_αβ/r)⁶ + C0 + C2(r/σ_αβ)² + C4(r/σ_αβ)⁴] for r < 2.5·σ_αβ,
+  0 beyond, C0 = 0.04049023795, C2 = −0.00970155098, C4 = 0.00062012616 (``C0LJ``, ``C2LJ``,
+  ``C4LJ``; ``RC2LJ`` = 6.25). The polynomial makes φ, φ′ and φ″ vanish at 2.5σ up to the
+  rounding of the published constants: 4ε·(−3.3, −5.4, −6.5)·10⁻¹⁰ (φ, σφ′, σ²φ″); the
+  exact solution differs from them by < 10⁻¹¹. σ_BC, ε_AC and ε_BC differ from the 3D "KA2"
+  of Parmar, Ozawa & Berthier (PRL 125, 085505 (2020); the same file has σ_BC = 0.84,
+  ε_AC = 1.25, ε_BC = 1.0, with the same smoothing). Both codes give the same tables and
+  formula. Composition A:B:C = 600:330:360: StructDynGlass's N = 1290
+  configurations (``data/Cnf-*/1.xyz``, ``input.opt``: model KA2-2D) hold 600, 330 and 360
+  particles in a box of edge 32.8962 (ρ = 1.19206); ParticlesMC's N = 43 runs
+  (``test/pgmc_ka2d.jl``, at T = 0.5, swapping A↔C and B↔C) use 20:11:12, exactly the same
+  proportions, at ρ = 1.1920748468939728 (= 1290/32.896²), the default here; at N = 1290 it
+  gives L = 32.8960. Check: the StructDynGlass configuration that ParticlesMC ships
+  (``test/config_0.xyz``, N = 1290, L = 32.8962) has U/N = −2.676832 by this potential, the
+  value its ``test/gerhard_energy_distribution.jl`` quotes as Gerhard's. Other N: the
+  proportions 600:330:360 by largest remainders; N ≥ 30 (L ≥ 2·2.5). Temperatures:
+  ParticlesMC's dataset script for this model (``test/jbb25.jl``, N = 44 as 20:12:12) marks
+  T = 0.32 "Gerhard's highest" and T = 0.2 "Gerhard's lowest NF", so the paper's flows worked
+  between about 0.32 and 0.2; the default T = 0.3 lies in that range (a benchmark choice).
+  NOT confirmed from the paper's own text (only its abstract could be read here): its
+  temperatures, and which species pairs it swaps (ParticlesMC swaps A↔C and B↔C; ``swap_mc``
+  here tries all pairs, equally valid for the distribution). The earlier stand-in (KA2 3D
+  pair tables with a shifted cutoff, 0.55:0.30:0.15 at ρ = 1.2) is dropped: it was no
+  published model.
 
 Polydisperse soft spheres (``soft_spheres``): A. Ninarello, L. Berthier & D. Coslovich,
 "Models and algorithms for the next generation of glass transition studies", Phys. Rev. X 7,
@@ -43,8 +62,9 @@ are drawn once per system instance by inverse-CDF sampling from a torch.Generato
 with ``diameter_seed``: two instances with the same parameters are identical. The box check
 uses the largest possible cutoff 1.25·σ_max, so N ≥ 66 in 3D and N ≥ 17 in 2D.
 
-Default temperatures are benchmark choices in the mildly supercooled regime, not values
-from the papers.
+Default temperatures are benchmark choices, not values from the papers: mildly supercooled
+for ``ka3d``, ``ka2d`` and ``soft_spheres``, inside the range of Jung et al.'s flows for
+``ternary2d``.
 """
 
 from __future__ import annotations
@@ -58,10 +78,14 @@ import torch
 
 from boltzbench.contracts import param, require
 from boltzbench.systems.particles import (R_MIN_FRACTION, PairTable, ParticleSystem, check_box,
-                                          device_param, lennard_jones, precision_param, soft_sphere,
-                                          species_counts)
+                                          device_param, lennard_jones, precision_param,
+                                          smooth_lennard_jones, soft_sphere, species_counts,
+                                          verlet_skin_param)
 
 LJ_CUTOFF = 2.5  # in units of σ_αβ
+#: (C0, C2, C4) of the smoothed cutoff of ``ternary2d`` (StructDynGlass struct_epot.h: C0LJ,
+#: C2LJ, C4LJ; ParticlesMC src/models.jl SmoothLennardJones), for x_c = 2.5.
+JBB_SMOOTHING = (0.04049023795, -0.00970155098, 0.00062012616)
 
 
 def lj_shift(cutoff: float = LJ_CUTOFF) -> float:
@@ -71,19 +95,22 @@ def lj_shift(cutoff: float = LJ_CUTOFF) -> float:
 
 @dataclass
 class LennardJonesMixture(ParticleSystem):
-    """A truncated-and-shifted Lennard-Jones mixture in a periodic box (Kob-Andersen family)."""
+    """A Lennard-Jones mixture in a periodic box (Kob-Andersen family), cut at 2.5σ_αβ:
+    truncated and shifted, or smoothed by a polynomial when ``smoothing`` is set."""
 
     spatial_dim: ClassVar[int] = 3
     species_names: ClassVar[tuple[str, ...]] = ("A", "B")
     #: σ_αβ and ε_αβ, symmetric tables indexed by species.
     sigma: ClassVar[tuple[tuple[float, ...], ...]] = ((1.0, 0.8), (0.8, 0.88))
     epsilon: ClassVar[tuple[tuple[float, ...], ...]] = ((1.0, 1.5), (1.5, 0.5))
+    #: None: truncated and shifted. (C0, C2, C4): φ = 4ε[(σ/r)¹² − (σ/r)⁶ + C0 + C2(r/σ)² + C4(r/σ)⁴].
+    smoothing: ClassVar[tuple[float, float, float] | None] = None
 
     n_particles: int = param(256, "number of particles N")
     density: float = param(1.2, "number density ρ = N/V; the box edge is (N/ρ)^(1/d)")
     temperature: float = param(0.6, "kT in units of ε_AA")
     composition: tuple[float, ...] = param((0.8, 0.2), "fraction of each species (A, B, ...), summing to 1")
-    verlet_skin: float = param(0.3, "skin of the Verlet neighbour list (length); 0 selects the dense all-pairs kernel")
+    verlet_skin: float = verlet_skin_param()
     precision: str = precision_param()
     device: str = device_param()
 
@@ -138,7 +165,12 @@ class LennardJonesMixture(ParticleSystem):
         sig, eps = self.pair_matrices()
         rc2 = (LJ_CUTOFF * sig) ** 2
         rc2.fill_diagonal_(0.0)
-        return PairTable(lennard_jones, rc2=rc2, r2_min=float(R_MIN_FRACTION * sig.min()) ** 2,
+        r2_min = float(R_MIN_FRACTION * sig.min()) ** 2
+        if self.smoothing is not None:
+            c0, c2, c4 = self.smoothing
+            return PairTable(smooth_lennard_jones, rc2=rc2, r2_min=r2_min,
+                             params={"sig2": sig ** 2, "eps4": 4 * eps, "c0": c0, "c2": c2, "c4": c4})
+        return PairTable(lennard_jones, rc2=rc2, r2_min=r2_min,
                          params={"c12": 4 * eps * sig ** 12, "c6": 4 * eps * sig ** 6,
                                  "shift": eps * lj_shift()})
 
@@ -178,24 +210,34 @@ class KobAndersen2D(LennardJonesMixture):
 
 @dataclass
 class Ternary2D(LennardJonesMixture):
-    """2D ternary Kob-Andersen-type glass former (KA2 pair parameters), swap-compatible."""
+    """The 2D ternary glass former of Jung, Biroli & Berthier (2024), swap-compatible
+    ("KA2-2D" of StructDynGlass, ``JBB`` of ParticlesMC; module docstring)."""
 
     name: ClassVar[str] = "ternary2d"
-    reference_recipe: ClassVar[dict] = {  # swap MC, as Jung, Biroli & Berthier do
-        "sampler": "swap_mc", "params": {"n_chains": 16}, "max_evals": 4e6, "n_samples": 20000, "burn_in": 0.2}
-    description: ClassVar[str] = ("2D ternary Kob-Andersen-type mixture (KA2 pair parameters), the "
-                                  "swap-compatible N = 43 benchmark family of Jung, Biroli & Berthier 2024")
-    citation: ClassVar[str] = ("G. Jung, G. Biroli & L. Berthier, Mach. Learn.: Sci. Technol. 5, 035053 (2024); "
-                               "pair parameters: A. D. S. Parmar, M. Ozawa & L. Berthier, PRL 125, 085505 (2020)")
+    #: The model behind the name since issue 14 (the class tables, not a parameter); part of a
+    #: reference's identity, so that no reference of the earlier stand-in can be taken for it.
+    model_id: ClassVar[str] = "JBB-KA2-2D"
+    #: Swap MC, as Jung, Biroli & Berthier do: 8 chains × 2.5·10⁵ sweeps; the energy's τ_int is
+    #: ≲ 2·10³ sweeps down to T = 0.2, and three seeds agree (benchmarks/reference_convergence.py).
+    reference_recipe: ClassVar[dict] = {
+        "sampler": "swap_mc", "params": {"n_chains": 8}, "max_evals": 2e6, "n_samples": 20000, "burn_in": 0.2}
+    description: ClassVar[str] = ("2D ternary Lennard-Jones glass former of Jung, Biroli & Berthier 2024 "
+                                  "(A:B:C = 600:330:360, smoothed cutoff), swap-compatible, default N = 43")
+    citation: ClassVar[str] = ("G. Jung, G. Biroli & L. Berthier, Mach. Learn.: Sci. Technol. 5, 035053 (2024), "
+                               "arXiv:2404.09914; model KA2-2D of GerhardJung/StructDynGlass (struct_epot.cpp), "
+                               "JBB of TheDisorderedOrganization/ParticlesMC (src/models.jl)")
     spatial_dim: ClassVar[int] = 2
     species_names: ClassVar[tuple[str, ...]] = ("A", "B", "C")
-    sigma: ClassVar[tuple[tuple[float, ...], ...]] = ((1.0, 0.8, 0.9), (0.8, 0.88, 0.84), (0.9, 0.84, 0.94))
-    epsilon: ClassVar[tuple[tuple[float, ...], ...]] = ((1.0, 1.5, 1.25), (1.5, 0.5, 1.0), (1.25, 1.0, 0.75))
+    sigma: ClassVar[tuple[tuple[float, ...], ...]] = ((1.0, 0.8, 0.9), (0.8, 0.88, 0.8), (0.9, 0.8, 0.94))
+    epsilon: ClassVar[tuple[tuple[float, ...], ...]] = ((1.0, 1.5, 0.75), (1.5, 0.5, 1.5), (0.75, 1.5, 0.75))
+    smoothing: ClassVar[tuple[float, float, float] | None] = JBB_SMOOTHING
 
-    n_particles: int = param(43, "number of particles N")
-    temperature: float = param(0.5, "kT in units of ε_AA")
-    composition: tuple[float, ...] = param((0.55, 0.30, 0.15), "fraction of each species (A, B, C), summing "
-                                           "to 1 (stand-in: the published composition was not retrieved)")
+    n_particles: int = param(43, "number of particles N (species 600:330:360 by largest remainders; "
+                                 "43 gives 20:11:12, 1290 the paper's large system)")
+    density: float = param(1.1920748468939728, "number density ρ = N/V; the box edge is (N/ρ)^(1/d)")
+    temperature: float = param(0.3, "kT in units of ε_AA")
+    composition: tuple[float, ...] = param((600 / 1290, 330 / 1290, 360 / 1290),
+                                           "fraction of each species (A, B, C), summing to 1")
 
 
 # ------------------------------------------------------------------------- soft spheres
@@ -242,7 +284,7 @@ class SoftSpheres(ParticleSystem):
     density: float = param(1.0, "number density ρ = N/V; the box edge is (N/ρ)^(1/d)")
     temperature: float = param(0.2, "kT in units of ε")
     diameter_seed: int = param(0, "seed of the generator that draws the N diameters (once per instance)")
-    verlet_skin: float = param(0.3, "skin of the Verlet neighbour list (length); 0 selects the dense all-pairs kernel")
+    verlet_skin: float = verlet_skin_param()
     precision: str = precision_param()
     device: str = device_param()
 

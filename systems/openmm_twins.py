@@ -9,7 +9,8 @@ constant, CODATA 2018 exact value); the reduced time unit is then 1 ps.
 Forces (OpenMM 8 user guide, "Custom forces"):
 
 * mixtures — one ``CustomNonbondedForce`` with the species as a per-particle parameter and
-  ε_αβ, σ_αβ, r_c,αβ and the shift φ_αβ(r_c) as ``Discrete2DFunction`` tables; the per-pair
+  ε_αβ, σ_αβ, r_c,αβ and the shift φ_αβ(r_c) as ``Discrete2DFunction`` tables (``ternary2d``:
+  no shift, its smoothing polynomial written into the expression); the per-pair
   cutoff is ``step(rc - r)`` inside the expression; the force's own cutoff is the largest
   pair cutoff, with ``CutoffPeriodic`` (minimum image) and no switching or long-range
   correction;
@@ -87,21 +88,28 @@ def _periodic_twin(s, system, box3, force, per_particle: list[list[float]], cuto
 
 
 def lj_mixture_twin(s) -> OpenMMTwin:
-    """Truncated-and-shifted LJ mixture (ka3d, ka2d, ternary2d)."""
+    """LJ mixture: truncated and shifted (ka3d, ka2d), or with the polynomial smoothing
+    4ε[C0 + C2(r/σ)² + C4(r/σ)⁴] added instead of the shift (ternary2d)."""
     from boltzbench.systems.liquids import LJ_CUTOFF, lj_shift
     mm = _openmm()
     sig = np.array(s.sigma, dtype=float)
     eps = np.array(s.epsilon, dtype=float)
     cutoff = LJ_CUTOFF * sig.max()
     system, box3 = _new_system(s.n_particles, s.box_edges, cutoff)
-    force = mm.CustomNonbondedForce(
-        "step(rc - r) * (4*eps*((sig/r)^12 - (sig/r)^6) - shift);"
-        "eps = epsilon_t(t1, t2); sig = sigma_t(t1, t2); rc = cutoff_t(t1, t2); shift = shift_t(t1, t2)")
+    lookup = "eps = epsilon_t(t1, t2); sig = sigma_t(t1, t2); rc = cutoff_t(t1, t2)"
+    if s.smoothing is None:
+        force = mm.CustomNonbondedForce("step(rc - r) * (4*eps*((sig/r)^12 - (sig/r)^6) - shift);"
+                                        f"{lookup}; shift = shift_t(t1, t2)")
+        force.addTabulatedFunction("shift_t", _table(eps * lj_shift()))
+    else:
+        c0, c2, c4 = s.smoothing
+        force = mm.CustomNonbondedForce(
+            f"step(rc - r) * 4*eps*((sig/r)^12 - (sig/r)^6 + ({c0!r}) + ({c2!r})*(r/sig)^2 + ({c4!r})*(r/sig)^4);"
+            f"{lookup}")
     force.addPerParticleParameter("t")
     force.addTabulatedFunction("epsilon_t", _table(eps))
     force.addTabulatedFunction("sigma_t", _table(sig))
     force.addTabulatedFunction("cutoff_t", _table(LJ_CUTOFF * sig))
-    force.addTabulatedFunction("shift_t", _table(eps * lj_shift()))
     return _periodic_twin(s, system, box3, force, [[float(t)] for t in s.species.tolist()], cutoff)
 
 

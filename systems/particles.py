@@ -60,13 +60,19 @@ PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
 
 def precision_param():
-    """The ``precision`` parameter of every particle system."""
-    return param("float64", "floating-point precision of the kernels: float64 or float32")
+    """The ``precision`` parameter of every particle system (numerical, not physical)."""
+    return param("float64", "floating-point precision of the kernels: float64 or float32", physical=False)
 
 
 def device_param():
-    """The ``device`` parameter of every particle system."""
-    return param("cpu", "torch device of the kernels: cpu, cuda or cuda:<index>")
+    """The ``device`` parameter of every particle system (numerical, not physical)."""
+    return param("cpu", "torch device of the kernels: cpu, cuda or cuda:<index>", physical=False)
+
+
+def verlet_skin_param():
+    """The ``verlet_skin`` parameter of the periodic liquids (numerical: the list is exact)."""
+    return param(0.3, "skin of the Verlet neighbour list (length); 0 selects the dense all-pairs kernel",
+                 physical=False)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -113,6 +119,18 @@ def lennard_jones(r2: torch.Tensor, c12: torch.Tensor, c6: torch.Tensor, shift: 
     inv6 = inv2 * inv2 * inv2
     rep = c12 * inv6
     return (rep - c6) * inv6 - shift, (12.0 * rep - 6.0 * c6) * inv6 * inv2
+
+
+def smooth_lennard_jones(r2: torch.Tensor, sig2: torch.Tensor, eps4: torch.Tensor, c0: float, c2: float,
+                         c4: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lennard-Jones with a polynomial that smooths the cutoff, y = r²/σ², eps4 = 4ε:
+    φ = 4ε[y⁻⁶ − y⁻³ + c0 + c2·y + c4·y²] = 4ε[(σ/r)¹² − (σ/r)⁶ + c0 + c2(r/σ)² + c4(r/σ)⁴];
+    −φ'/r = 4ε(12·y⁻⁶ − 6·y⁻³ − 2·c2·y − 4·c4·y²)/r²."""
+    y = r2 / sig2
+    q3 = 1.0 / (y * y * y)
+    q6 = q3 * q3
+    return (eps4 * (q6 - q3 + c0 + (c2 + c4 * y) * y),
+            eps4 * (12.0 * q6 - 6.0 * q3 - (2.0 * c2 + 4.0 * c4 * y) * y) / r2)
 
 
 def soft_sphere(r2: torch.Tensor, sig2: torch.Tensor, c0: float, c2: float, c4: float
@@ -561,10 +579,20 @@ class ParticleSystem(System):
 
 
 def species_counts(n_particles: int, composition: tuple[float, ...]) -> list[int]:
-    """Particles per species: round(x_k·N) (halves up) for all species but the last, which
-    takes the rest. For Kob-Andersen 80:20 that is round(0.8·N) A particles."""
-    counts = [math.floor(x * n_particles + 0.5) for x in composition[:-1]]
-    return counts + [n_particles - sum(counts)]
+    """Particles per species by largest remainders (Hamilton's apportionment): each species
+    gets ⌊q_k⌋ of its quota q_k = x_k·N, and the particles left over go one each to the
+    largest fractional parts q_k − ⌊q_k⌋, ties to the earlier species. Quotas are rounded to
+    1e-9 first, so float noise in x_k cannot move a particle. Every count is ⌊q_k⌋ or ⌈q_k⌉.
+
+    With two species this is round(x_A·N), halves up, for A (80:20 of N = 256: 205:51); for
+    600:330:360 it gives 20:11:12 at N = 43 and 600:330:360 at N = 1290 (exact quotas).
+    """
+    quotas = [round(x * n_particles, 9) for x in composition]
+    counts = [math.floor(q) for q in quotas]
+    order = sorted(range(len(quotas)), key=lambda k: (-(quotas[k] - counts[k]), k))
+    for k in order[: n_particles - sum(counts)]:
+        counts[k] += 1
+    return counts
 
 
 def check_box(field: str, edge: float, cutoff: float, detail: str) -> None:

@@ -1,24 +1,35 @@
 """Reference data built by long runs: storage, lookup with provenance, and building.
 
-A reference for a system *with given parameters* is two files, ``<key>.npz`` (positions
-as float32, reduced energies as float64) and ``<key>.json`` (provenance: system, params,
-generator sampler and its params, seed, budget, cost, package versions, sample count,
-SHA-256 of the arrays). ``key = <system name>-<first 12 hex of sha256(params)>``.
+A reference for a system *with given physical parameters* is two files, ``<key>.npz``
+(positions as float32, reduced energies as float64) and ``<key>.json`` (provenance: system,
+params of the run, generator sampler and its params, seed, budget, cost, package versions,
+sample count, SHA-256 of the arrays). ``key = <system name>-<first 12 hex of sha256(identity)>``,
+the identity being the parameters that change the distribution (declared with
+``param(..., physical=True)``, the default) plus the class's ``model_id`` where it declares one
+(``ternary2d``, whose model changed under its name). Numerical parameters (``precision``,
+``device``, ``verlet_skin``, alanine's OpenMM ``platform``) are not part of it: one reference
+serves a float32 or a cuda system, or another skin. For a system whose parameters are all
+physical the key is the one used before issue 14. References shipped before then were
+re-keyed (renamed, contents unchanged); a user reference stored under the old key (sha256 of
+all parameters) is still found when it was built at the default numerical settings.
 
 Lookup order: ``$BOLTZBENCH_REFERENCES`` (default ``~/.cache/boltzbench/references``),
 then the references shipped in the package (``boltzbench/systems/references/``, small
-files for the default parameters). A reference whose recorded parameters or checksum do
-not match is refused; a missing one raises :class:`ReferenceMissing` with the command
-that builds it.
+files for the default parameters). A reference whose recorded physical parameters,
+``model_id`` or checksum do not match is refused; a missing one raises
+:class:`ReferenceMissing` with the command that builds it.
 
 Building (``boltzbench reference build SYSTEM``) runs the system's ``reference_recipe``
 (a registered sampler, its parameters and a budget), discards the first ``burn_in``
 fraction of each chain, resamples weighted samples to unweighted ones (systematic
-resampling), thins to at most ``n_samples`` and writes both files atomically.
+resampling), thins to at most ``n_samples``, evaluates the stored energies with the system at
+its default numerical settings (float64 on the CPU, whatever the run used) and writes both
+files atomically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -48,14 +59,61 @@ def params_digest(params: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def is_physical(field: dataclasses.Field) -> bool:
+    """Whether a parameter changes the distribution (``param(..., physical=...)``, default True)."""
+    return bool(field.metadata.get("physical", True))
+
+
+def physical_params(system: System) -> dict[str, Any]:
+    """The parameters that change the distribution: all but the numerical ones."""
+    return {f.name: getattr(system, f.name) for f in system.parameters() if is_physical(f)}
+
+
+def reference_identity(system: System) -> dict[str, Any]:
+    """What a reference is a reference for: the physical parameters, plus ``model_id`` when
+    the system's class declares one (a model that changed under the same name)."""
+    model_id = getattr(system, "model_id", None)
+    identity = physical_params(system)
+    return identity if model_id is None else {**identity, "model_id": model_id}
+
+
 def reference_key(system: System) -> str:
-    return f"{system.name}-{params_digest(system.params())}"
+    """``<name>-<digest of the identity>``: the same for every precision, device and skin."""
+    return f"{system.name}-{params_digest(reference_identity(system))}"
+
+
+def legacy_reference_key(system: System) -> str | None:
+    """The key before issue 14 (digest of all parameters) of this system at its default
+    numerical settings; None where it equals :func:`reference_key` or the class declares a
+    ``model_id`` (its old references are of another model)."""
+    if getattr(system, "model_id", None) is not None:
+        return None
+    params = {f.name: getattr(system, f.name) if is_physical(f) else f.default for f in system.parameters()}
+    key = f"{system.name}-{params_digest(params)}"
+    return None if key == reference_key(system) else key
+
+
+def canonical_system(system: System) -> System:
+    """The same physics at the default numerical settings (float64, cpu, default skin, ...)."""
+    numerical = {f.name: f.default for f in system.parameters()
+                 if not is_physical(f) and f.default is not dataclasses.MISSING}
+    return dataclasses.replace(system, **numerical) if numerical else system
 
 
 def build_command(system: System) -> str:
+    """The command that builds this system's reference (physical parameters off their defaults)."""
     defaults = {f.name: f.default for f in system.parameters()}
-    args = " ".join(f"--param {k}={v}" for k, v in system.params().items() if v != defaults.get(k))
+    args = " ".join(f"--param {k}={v}" for k, v in physical_params(system).items() if v != defaults.get(k))
     return f"boltzbench reference build {system.name} {args}".strip()
+
+
+def _matches(provenance: dict[str, Any], system: System) -> bool:
+    """The stored reference is for this system's identity (numerical settings may differ)."""
+    recorded = provenance.get("params") or {}
+    identity = to_jsonable(physical_params(system))
+    return (provenance.get("system") == system.name
+            and all(k in recorded and recorded[k] == v for k, v in identity.items())
+            and provenance.get("model_id") == getattr(system, "model_id", None))
 
 
 def _checksum(positions: np.ndarray, energies: np.ndarray) -> str:
@@ -66,17 +124,19 @@ def _checksum(positions: np.ndarray, energies: np.ndarray) -> str:
 
 
 def load_reference(system: System, folders: list[Path] | None = None) -> Reference:
-    """The stored reference for ``system``'s parameters, checked, with observables."""
-    key = reference_key(system)
+    """The stored reference for ``system``'s physical parameters (whatever its precision,
+    device or skin), checked, with observables; the current key first, then the legacy one."""
+    keys = [k for k in (reference_key(system), legacy_reference_key(system)) if k is not None]
     folders = folders if folders is not None else [user_reference_dir(), PACKAGED]
-    for folder in folders:
-        meta_path, data_path = folder / f"{key}.json", folder / f"{key}.npz"
+    for meta_path in [folder / f"{key}.json" for folder in folders for key in keys]:
+        data_path = meta_path.with_suffix(".npz")
         if not (meta_path.is_file() and data_path.is_file()):
             continue
         provenance = json.loads(meta_path.read_text())
-        if provenance.get("system") != system.name or provenance.get("params") != to_jsonable(system.params()):
+        if not _matches(provenance, system):
             raise ReferenceMissing(f"{meta_path} was built for {provenance.get('system')} with params "
-                                   f"{provenance.get('params')}, not {to_jsonable(system.params())}; "
+                                   f"{provenance.get('params')} (model_id {provenance.get('model_id')}), not "
+                                   f"{to_jsonable(reference_identity(system))}; "
                                    f"build the right one with: {build_command(system)}")
         with np.load(data_path, allow_pickle=False) as data:
             positions, energies = data["positions"], data["energies"]
@@ -89,7 +149,7 @@ def load_reference(system: System, folders: list[Path] | None = None) -> Referen
                          provenance={**provenance, "path": str(meta_path)})
     others = sorted(p.name for folder in folders if folder.is_dir() for p in folder.glob(f"{system.name}-*.json"))
     found = f" (found only {', '.join(others)}, built for other parameters)" if others else ""
-    raise ReferenceMissing(f"no reference for {system.name} with params {to_jsonable(system.params())}"
+    raise ReferenceMissing(f"no reference for {system.name} with params {to_jsonable(reference_identity(system))}"
                            f"{found}; build it with: {build_command(system)}")
 
 
@@ -152,12 +212,15 @@ def build_reference(system: System, seed: int = 0, out: Path | None = None,
     positions, energies = _final_samples(snapshot, recipe.get("burn_in", 0.2), n_samples,
                                          np.random.default_rng(seed))
     positions = positions.astype(np.float32)
-    energies = system._energy(torch.as_tensor(positions, dtype=system.dtype)).double().numpy()
+    exact = canonical_system(system)
+    energies = exact._energy(torch.as_tensor(positions, dtype=exact.dtype)).double().cpu().numpy()
     folder = Path(out) if out is not None else user_reference_dir()
     key = reference_key(system)
     write_npz_atomic(folder / f"{key}.npz", {"positions": positions, "energies": energies})
     provenance = {
-        "system": system.name, "params": system.params(), "boltzbench": __version__,
+        "system": system.name, "params": system.params(),
+        **({"model_id": system.model_id} if getattr(system, "model_id", None) is not None else {}),
+        "boltzbench": __version__,
         "generator": {"sampler": recipe["sampler"], "params": sampler.params(), "seed": seed,
                       "budget": budget.as_dict(), "burn_in": recipe.get("burn_in", 0.2)},
         "cost": system.ledger.as_dict(), "diagnostics": snapshot.diagnostics,

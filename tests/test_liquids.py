@@ -45,17 +45,136 @@ def test_kob_andersen_pair_table_holds_the_published_parameters():
     assert system.diameters[a] == 1.0 and system.diameters[b] == 0.88 and system.swappable
 
 
-def test_two_dimensional_mixtures_compositions_and_ternary_parameters():
+def test_two_dimensional_kob_andersen_composition():
     ka2d = get_system("ka2d", n_particles=100)
     assert torch.bincount(ka2d.species).tolist() == [65, 35] and ka2d.dim == 2
-    ternary = get_system("ternary2d")
-    assert ternary.n_particles == 43 and torch.bincount(ternary.species).tolist() == [24, 13, 6]
-    assert ternary.box_edges[0] == pytest.approx(math.sqrt(43 / 1.2))          # ≈ 5.99
-    sig, eps = ternary.pair_matrices()
-    a, b, c = 0, 24, 42
-    expected = {(a, b): (0.8, 1.5), (a, c): (0.9, 1.25), (b, c): (0.84, 1.0), (c - 1, c): (0.94, 0.75)}
-    for (i, j), (s, e) in expected.items():
-        assert float(sig[i, j]) == s and float(eps[i, j]) == e and float(sig[j, i]) == s
+
+
+# ------------------------------------------------- ternary2d: Jung, Biroli & Berthier 2024
+
+# "KA2-2D" of GerhardJung/StructDynGlass (struct_epot.cpp, struct_epot.h) = JBB() of
+# TheDisorderedOrganization/ParticlesMC (src/models.jl), typed in here from those sources.
+JBB_SIGMA = {"AA": 1.0, "BB": 0.88, "CC": 0.94, "AB": 0.8, "AC": 0.9, "BC": 0.8}
+JBB_EPSILON = {"AA": 1.0, "BB": 0.5, "CC": 0.75, "AB": 1.5, "AC": 0.75, "BC": 1.5}
+JBB_C0, JBB_C2, JBB_C4 = 0.04049023795, -0.00970155098, 0.00062012616
+
+
+def jbb_pair(name, r):
+    """φ(r) and φ'(r) of the published formula, plain floats: 4ε[(σ/r)¹² − (σ/r)⁶ + C0 +
+    C2(r/σ)² + C4(r/σ)⁴] for r < 2.5σ, else 0."""
+    s, e = JBB_SIGMA[name], JBB_EPSILON[name]
+    if r >= 2.5 * s:
+        return 0.0, 0.0
+    x = r / s
+    phi = 4 * e * (x**-12 - x**-6 + JBB_C0 + JBB_C2 * x**2 + JBB_C4 * x**4)
+    dphi = 4 * e / s * (-12 * x**-13 + 6 * x**-7 + 2 * JBB_C2 * x + 4 * JBB_C4 * x**3)
+    return phi, dphi
+
+
+def numpy_jbb_energy_forces(positions, species, box):
+    """U and F_i = −∂U/∂x_i by an explicit double loop over pairs i < j, minimum image, float64."""
+    names = "ABC"
+    n = len(positions)
+    energy, forces = 0.0, np.zeros_like(positions)
+    for i in range(n):
+        for j in range(i + 1, n):
+            d = positions[i] - positions[j]
+            d -= box * np.round(d / box)
+            r = float(np.sqrt(d @ d))
+            phi, dphi = jbb_pair("".join(sorted(names[species[i]] + names[species[j]])), r)
+            energy += phi
+            forces[i] -= dphi * d / r
+            forces[j] += dphi * d / r
+    return energy, forces
+
+
+def test_ternary2d_pair_tables_and_smoothing_are_the_published_ones():
+    system = get_system("ternary2d")
+    names = system.species_names
+    assert names == ("A", "B", "C")
+    for a in range(3):
+        for b in range(3):
+            pair = "".join(sorted(names[a] + names[b]))
+            assert system.sigma[a][b] == JBB_SIGMA[pair] and system.epsilon[a][b] == JBB_EPSILON[pair]
+    assert system.smoothing == (JBB_C0, JBB_C2, JBB_C4)
+    # the per-particle table: one particle of each species (A 0-19, B 20-30, C 31-42)
+    table, (sig, eps) = system.pair_table(), system.pair_matrices()
+    for (i, j), pair in {(0, 1): "AA", (0, 20): "AB", (0, 31): "AC", (20, 21): "BB", (20, 31): "BC",
+                         (31, 32): "CC"}.items():
+        assert float(sig[i, j]) == float(sig[j, i]) == JBB_SIGMA[pair]
+        assert float(eps[i, j]) == JBB_EPSILON[pair]
+        assert float(table.rc2[i, j]) == pytest.approx((2.5 * JBB_SIGMA[pair]) ** 2, rel=1e-15)
+    assert float(table.rc2[5, 5]) == 0.0
+
+
+def test_ternary2d_composition_density_and_box_at_43_and_1290():
+    small = get_system("ternary2d")
+    assert small.n_particles == 43 and small.density == 1.1920748468939728
+    assert torch.bincount(small.species).tolist() == [20, 11, 12]            # ParticlesMC pgmc_ka2d.jl
+    assert small.box_edges == (math.sqrt(43 / 1.1920748468939728),) * 2       # ≈ 6.006
+    large = get_system("ternary2d", n_particles=1290)
+    assert torch.bincount(large.species).tolist() == [600, 330, 360]          # StructDynGlass Cnf-*
+    assert large.box_edges[0] == pytest.approx(32.8962, abs=3e-4)             # 32.8960 at this ρ
+    assert large.n_particles / large.box_edges[0] ** 2 == pytest.approx(1.1920748468939728, rel=1e-14)
+    assert torch.bincount(get_system("ternary2d", n_particles=30).species).tolist() == [14, 8, 8]
+    with pytest.raises(ParameterError, match="n_particles: must be >= 30"):
+        get_system("ternary2d", n_particles=29)                                # L < 2·2.5
+
+
+def test_species_counts_are_largest_remainders_within_one_of_every_quota():
+    from boltzbench.systems.particles import species_counts
+    for n in range(2, 400):          # two species: round(x_A·N), halves up, as before issue 14
+        for comp in ((0.8, 0.2), (0.65, 0.35)):
+            a = math.floor(comp[0] * n + 0.5)
+            assert species_counts(n, comp) == [a, n - a]
+    jbb = (600 / 1290, 330 / 1290, 360 / 1290)
+    for n in range(3, 1300):
+        counts = species_counts(n, jbb)
+        assert sum(counts) == n
+        assert all(math.floor(x * n + 1e-9) <= c <= math.ceil(x * n - 1e-9) for x, c in zip(jbb, counts))
+    # quotas 10.5, 10.5, 10: rounding all but the last would give 11, 11, 9 (off its quota)
+    assert species_counts(31, (10.5 / 31, 10.5 / 31, 10 / 31)) == [11, 10, 10]
+    assert species_counts(44, jbb) == [21, 11, 12]     # (ParticlesMC's jbb25.jl chose 20:12:12)
+
+
+@pytest.mark.parametrize("skin", [0.3, 0.0])
+def test_ternary2d_energies_and_forces_equal_an_independent_numpy_double_loop(skin, generator):
+    system = get_system("ternary2d", verlet_skin=skin)
+    rough = system._initial_positions(2, generator).reshape(2, -1)           # lattice + noise
+    relaxed = system.sample_initial(2, generator)
+    box = np.array(system.box_edges)
+    species = system.species.numpy()
+    for x in torch.cat([rough, relaxed]).split(1):
+        u, f = system.potential(x)
+        expected_u, expected_f = numpy_jbb_energy_forces(x.numpy().reshape(-1, 2), species, box)
+        assert float(u[0]) == pytest.approx(expected_u, rel=1e-10)
+        assert np.abs(f[0].numpy() - expected_f).max() <= 1e-10 * np.abs(expected_f).max()
+    assert float(u[0]) / 43 < -2.0                                              # a cohesive liquid
+
+
+def test_ternary2d_potential_and_its_derivatives_vanish_at_the_cutoff():
+    """φ, φ' and φ'' at r = 2.5σ_αβ are below 1e-9 in the pair's units (4ε, 4ε/σ, 4ε/σ²): the
+    published constants solve φ = φ' = φ'' = 0 up to their 11 decimals. The shifted LJ of
+    ka2d has φ' ≈ 0.039·4ε/σ there."""
+    system = get_system("ternary2d")
+    table = system.pair_table()
+    for (i, j), pair in {(0, 1): "AA", (0, 20): "AB", (0, 31): "AC", (20, 21): "BB", (20, 31): "BC",
+                         (31, 32): "CC"}.items():
+        s, e = JBB_SIGMA[pair], JBB_EPSILON[pair]
+        r = torch.tensor(2.5 * s, dtype=torch.float64, requires_grad=True)
+        params = {k: (v[i, j] if isinstance(v, torch.Tensor) else v) for k, v in table.params.items()}
+        phi, fr = table.pair(r * r, **params)
+        (d1,) = torch.autograd.grad(phi, r, create_graph=True)
+        (d2,) = torch.autograd.grad(d1, r)
+        phi, fr, d1 = phi.detach(), fr.detach(), d1.detach()
+        assert abs(float(phi)) < 1e-9 * 4 * e
+        assert abs(float(d1)) < 1e-9 * 4 * e / s and abs(float(fr) * 2.5 * s) < 1e-9 * 4 * e / s
+        assert abs(float(d2)) < 1e-9 * 4 * e / s**2
+        # the cutoff itself: zero at and beyond 2.5σ, continuous from inside
+        row = table.rows(torch.tensor([i]))
+        inside, _ = row.evaluate(torch.full((1, 43), (2.5 * s - 1e-7) ** 2, dtype=torch.float64))
+        at, _ = row.evaluate(torch.full((1, 43), (2.5 * s) ** 2, dtype=torch.float64))
+        assert abs(float(inside[0, j])) < 1e-9 * 4 * e and float(at[0, j]) == 0.0
 
 
 @pytest.mark.parametrize("name, params, field, words", [
@@ -176,3 +295,32 @@ def test_openmm_twin_energies_and_forces_match_the_torch_kernels(key, generator)
         u_mm, f_mm = openmm_twins.openmm_energy_forces(system, x, context, twin)
         assert np.allclose(u.numpy(), u_mm, rtol=1e-6, atol=0)
         assert np.abs(f.numpy() - f_mm).max() <= 1e-6 * np.abs(f_mm).max()
+
+
+def test_ternary2d_openmm_twin_at_the_large_system_n_1290(generator):
+    """The smoothed-cutoff expression of the twin against the torch kernel at the paper's
+    large N (box 32.896), float64 on OpenMM's Reference platform."""
+    system = get_system("ternary2d", n_particles=1290)
+    twin = system.openmm_twin()
+    x = system._initial_positions(1, generator).reshape(1, -1)
+    u, f = system.energy_and_forces(x)
+    u_mm, f_mm = openmm_twins.openmm_energy_forces(system, x, openmm_twins.context(twin, "Reference"), twin)
+    assert float(u[0]) == pytest.approx(float(u_mm[0]), rel=1e-9)
+    assert np.abs(f.numpy() - f_mm).max() <= 1e-9 * np.abs(f_mm).max()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_ternary2d_cuda_kernels_and_local_energies_agree_with_cpu(precision, generator):
+    cpu = get_system("ternary2d")
+    x = cpu.sample_initial(4, generator)
+    u, f = cpu.energy_and_forces(x)
+    cuda = get_system("ternary2d", device="cuda", precision=precision)
+    uc, fc = cuda.energy_and_forces(x.cuda().to(cuda.dtype))
+    tol = 1e-10 if precision == "float64" else 1e-4
+    assert uc.is_cuda and uc.dtype == cuda.dtype
+    assert torch.allclose(uc.double().cpu(), u, rtol=tol) and (fc.double().cpu() - f).abs().max() <= tol * f.abs().max()
+    i = torch.tensor([0, 5, 20, 31])
+    j = torch.tensor([31, 40, 35, 1])
+    du = cuda.energy_change_swap(x.cuda().to(cuda.dtype), i.cuda(), j.cuda()).double().cpu()
+    assert torch.allclose(du, cpu.energy_change_swap(x, i, j), rtol=tol, atol=tol * float(u.abs().max()))

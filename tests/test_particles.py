@@ -264,9 +264,9 @@ def test_observables_energy_per_particle_and_minimum_image_pair_distances(genera
     obs = system.observables(x)
     u = system.energy(x)
     assert torch.allclose(obs["energy_per_particle"], u * system.temperature / system.n_particles)
-    counts = torch.bincount(system.species).tolist()          # 24, 13, 6 particles
-    assert counts == [24, 13, 6]
-    expected_sizes = {"AA": 24 * 23 // 2, "AB": 24 * 13, "AC": 24 * 6, "BB": 13 * 12 // 2, "BC": 13 * 6, "CC": 15}
+    counts = torch.bincount(system.species).tolist()          # 20, 11, 12 particles
+    assert counts == [20, 11, 12]
+    expected_sizes = {"AA": 20 * 19 // 2, "AB": 20 * 11, "AC": 20 * 12, "BB": 11 * 10 // 2, "BC": 11 * 12, "CC": 66}
     for name, size in expected_sizes.items():
         assert obs[f"pair_distance/{name}"].shape == (3, size)
     # the first AA pair is particles 0 and 1: check it against an explicit nearest image

@@ -117,3 +117,110 @@ def test_shipped_references_match_their_systems(name, monkeypatch, tmp_path):
         x = torch.as_tensor(data["positions"][picks], dtype=system.dtype)
     np.testing.assert_allclose(system.energy(x).double().numpy(), ref.energies[picks], rtol=1e-9, atol=1e-9)
     assert np.isfinite(ref.energies).all() and np.std(ref.energies) > 0
+
+
+# ------------------------------------------- a reference's identity: the physical parameters
+
+NUMERICAL = {  # every built-in system's parameters that do not change the distribution
+    "double_well": set(), "harmonic": set(), "alanine_dipeptide": {"platform"},
+    "dw4": {"precision", "device"}, "lj13": {"precision", "device"},
+    **{name: {"verlet_skin", "precision", "device"} for name in ("ka3d", "ka2d", "ternary2d", "soft_spheres")},
+}
+MD_RECIPE = {"sampler": "md", "params": {"n_chains": 4, "thin": 1, "dt": 0.002}, "max_evals": 2000,
+             "n_samples": 200, "burn_in": 0.2}
+
+
+def test_every_system_declares_which_of_its_parameters_are_numerical():
+    from boltzbench.registry import BUILTIN
+    from boltzbench.systems.references import is_physical
+
+    assert set(NUMERICAL) == set(BUILTIN["systems"])
+    for name, numerical in NUMERICAL.items():
+        assert {f.name for f in get_system(name).parameters() if not is_physical(f)} == numerical, name
+
+
+def test_the_key_ignores_precision_device_and_skin_but_not_the_physics(monkeypatch):
+    import torch
+
+    from boltzbench.systems.references import params_digest
+
+    key = reference_key(get_system("ternary2d"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)   # a cuda system, built but never run
+    for numerical in ({"precision": "float32"}, {"device": "cuda"}, {"device": "cuda:1", "precision": "float32"},
+                      {"verlet_skin": 0.0}, {"verlet_skin": 0.7}):
+        assert reference_key(get_system("ternary2d", **numerical)) == key, numerical
+    physical = [{"temperature": 0.31}, {"n_particles": 44}, {"density": 1.2}, {"composition": [0.5, 0.25, 0.25]}]
+    assert len({key} | {reference_key(get_system("ternary2d", **p)) for p in physical}) == 1 + len(physical)
+    assert reference_key(get_system("alanine_dipeptide", platform="CPU")) == \
+        reference_key(get_system("alanine_dipeptide"))
+    # all parameters physical: the digest of all of them, as before issue 14
+    dw = get_system("double_well", temperature=2.0)
+    assert reference_key(dw) == f"double_well-{params_digest(dw.params())}"
+
+
+@pytest.fixture
+def ternary_ref(refs, monkeypatch):
+    """A small ternary2d reference built (by short MD) in float32 with another skin."""
+    from boltzbench.systems.liquids import Ternary2D
+    from boltzbench.systems.references import build_reference
+
+    monkeypatch.setattr(Ternary2D, "reference_recipe", MD_RECIPE)
+    return build_reference(get_system("ternary2d", precision="float32", verlet_skin=0.5), out=refs, progress=False)
+
+
+def test_one_reference_serves_every_precision_and_skin_and_refuses_other_physics(ternary_ref):
+    import torch
+
+    meta = json.loads(ternary_ref.read_text())
+    assert meta["params"]["precision"] == "float32" and meta["params"]["verlet_skin"] == 0.5
+    assert meta["model_id"] == "JBB-KA2-2D"
+    for numerical in ({}, {"precision": "float32"}, {"verlet_skin": 0.0}, {"verlet_skin": 0.5, "precision": "float32"}):
+        ref = get_system("ternary2d", **numerical).reference()
+        assert ref.provenance["path"] == str(ternary_ref) and len(ref.energies) == meta["samples"]
+    # the stored energies are float64 ones of the stored positions, whatever precision the run used
+    system = get_system("ternary2d")
+    with np.load(ternary_ref.with_suffix(".npz")) as data:
+        x = torch.as_tensor(data["positions"][:8], dtype=torch.float64)
+    np.testing.assert_allclose(system.energy(x).numpy(), ref.energies[:8], rtol=1e-12)
+    for physical in ({"temperature": 0.31}, {"n_particles": 44}, {"density": 1.2}):
+        with pytest.raises(ReferenceMissing, match="built for other parameters"):
+            get_system("ternary2d", **physical).reference()
+
+
+def test_a_reference_without_the_model_id_is_refused(ternary_ref):
+    """The stand-in that carried the name ternary2d before issue 14 had no model_id: a file of
+    it under the new key (same physical parameters) is not taken for the published model."""
+    meta = json.loads(ternary_ref.read_text())
+    ternary_ref.write_text(json.dumps({k: v for k, v in meta.items() if k != "model_id"}))
+    with pytest.raises(ReferenceMissing, match="was built for"):
+        get_system("ternary2d").reference()
+
+
+def test_run_does_not_rebuild_a_reference_it_has_for_other_numerics(ternary_ref, tmp_path, monkeypatch):
+    import boltzbench.systems.references as references
+    from boltzbench.matrix import parse_matrix
+    from boltzbench.runner import build_missing_references
+
+    monkeypatch.setattr(references, "build_reference", lambda *a, **k: pytest.fail("rebuilt a reference"))
+    matrix = parse_matrix({"seeds": [0], "budget": {"max_evals": 100}, "samplers": [{"name": "mc"}],
+                           "systems": [{"name": "ternary2d", "params": {"precision": "float32", "verlet_skin": 0.0}}]})
+    assert build_missing_references(matrix, tmp_path / "out", progress=False, log=print) == []
+
+
+def test_a_reference_stored_under_the_old_key_is_still_found(tmp_path):
+    """Before issue 14 the key hashed every parameter; a reference stored so (at the default
+    numerical settings) still loads, for any precision."""
+    import shutil
+
+    from boltzbench.systems.references import PACKAGED, legacy_reference_key
+
+    system = get_system("dw4")
+    old = legacy_reference_key(system)
+    assert old == "dw4-66bc7ce5f0fe"                       # the shipped file's name until issue 14
+    for suffix in (".json", ".npz"):
+        shutil.copy(PACKAGED / f"{reference_key(system)}{suffix}", tmp_path / f"{old}{suffix}")
+    for numerical in ({}, {"precision": "float32"}):
+        ref = load_reference(get_system("dw4", **numerical), folders=[tmp_path])
+        assert ref.provenance["path"] == str(tmp_path / f"{old}.json")
+    assert legacy_reference_key(get_system("ternary2d")) is None      # the old name held another model
+    assert legacy_reference_key(get_system("double_well")) is None    # same key as before

@@ -1,114 +1,43 @@
 """Swap Monte Carlo and single-particle moves against exact answers.
 
-The exact reference is a tiny periodic system, :class:`Trimer` (two A and one B Kob-Andersen
-particles in 2D, cut at 1.5·σ_αβ), whose configurational averages are computed by quadrature:
-with particle 0 at the origin (translation invariance), the midpoint rule over the positions of
-particles 1 and 2 on an n×n grid each (n⁴ configurations) is accurate to ~1e-4 for the smooth
-observables used here (checked against n = 96). Error bars: chains are independent, so
-per-chain time averages are i.i.d. and std/√C is an honest standard error.
+The exact reference is the conformance kit's tiny periodic system,
+:class:`boltzbench.testing.Trimer` (two A and one B Kob-Andersen particles in 2D, cut at
+1.5·σ_αβ), whose configurational averages are computed by quadrature
+(:func:`boltzbench.testing.trimer_quadrature`: particle 0 at the origin, the midpoint rule over
+the positions of particles 1 and 2 on a 48×48 grid each, within 2e-4 of a 64×64 grid). Error
+bars: chains are independent, so per-chain time averages are i.i.d. and std/√C is an honest
+standard error.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
-from typing import ClassVar
 
 import pytest
 import torch
 
 from boltzbench import get_system
-from boltzbench.contracts import Budget, ParameterError, param
+from boltzbench.contracts import Budget, ParameterError
 from boltzbench.registry import get_sampler
-from boltzbench.samplers.moves import ParticleDisplacementMove, Walkers, sweep
-from boltzbench.samplers.swap_mc import (HAVE_NUMBA, SwapMC, SwapMove, SweepRandoms, compile_table, draw_sweep,
-                                         identical_pairs, sweep_numba, sweep_torch)
-from boltzbench.systems.particles import R_MIN_FRACTION, PairTable, ParticleSystem, lennard_jones, minimum_image
+from boltzbench.samplers.moves import (HAVE_NUMBA, ParticleDisplacementMove, SwapMove, SweepRandoms, Walkers,
+                                       compile_table, draw_sweep, identical_pairs, sweep, sweep_numba, sweep_torch)
+from boltzbench.samplers.swap_mc import SwapMC
+from boltzbench.testing import Trimer, trimer_quadrature
+from boltzbench.testing import trimer_observables as kit_observables
 
 BACKENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing"))]
-CUT = 1.5  # LJ cutoff of the trimer, in units of σ_αβ
 
 
-@dataclass
-class Trimer(ParticleSystem):
-    """Particles 0, 1 = A and 2 = B with Kob-Andersen pair parameters (σ_AB = 0.8, ε_AB = 1.5),
-    truncated and shifted at 1.5·σ_αβ, in a periodic 3×3 square (minimum image exact)."""
-
-    name: ClassVar[str] = "trimer"
-    species_names: ClassVar[tuple[str, ...]] = ("A", "B")
-    n_particles: ClassVar[int] = 3  # type: ignore[misc]
-    dim: ClassVar[int] = 2  # type: ignore[misc]
-
-    temperature: float = param(0.8, "kT")
-    precision: str = param("float64", "kernel precision")
-    device: str = param("cpu", "torch device")
-
-    @property
-    def box_edges(self) -> tuple[float, ...]:
-        return (3.0, 3.0)
-
-    @functools.cached_property
-    def species(self) -> torch.Tensor:
-        return torch.tensor([0, 0, 1])
-
-    @functools.cached_property
-    def diameters(self) -> torch.Tensor:
-        return torch.tensor([1.0, 1.0, 0.88], dtype=torch.float64)
-
-    def pair_table(self) -> PairTable:
-        s = self.species
-        sig = torch.tensor([[1.0, 0.8], [0.8, 0.88]], dtype=torch.float64)[s[:, None], s[None, :]]
-        eps = torch.tensor([[1.0, 1.5], [1.5, 0.5]], dtype=torch.float64)[s[:, None], s[None, :]]
-        rc2 = (CUT * sig) ** 2
-        rc2.fill_diagonal_(0.0)
-        return PairTable(lennard_jones, rc2=rc2, r2_min=float(R_MIN_FRACTION * sig.min()) ** 2,
-                         params={"c12": 4 * eps * sig ** 12, "c6": 4 * eps * sig ** 6,
-                                 "shift": 4 * eps * (CUT ** -12 - CUT ** -6)})
-
-    def _initial_positions(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return 3.0 * torch.rand((n, 3, 2), generator=generator, dtype=torch.float64)
-
-
-def pair_phi(system: ParticleSystem, a: int, b: int, r2: torch.Tensor) -> torch.Tensor:
-    """φ_ab(r²) of particles a, b from the system's pair table (cutoff and clamp applied)."""
-    t = system.table
-    params = {k: v[a, b] if isinstance(v, torch.Tensor) else v for k, v in t.params.items()}
-    phi, _ = t.pair(torch.clamp_min(r2, t.r2_min), **params)
-    return torch.where(r2 < t.rc2[a, b], phi, torch.zeros_like(phi))
-
-
-@functools.cache
-def trimer_exact(temperature: float = 0.8, beta: float = 1.0, n: int = 64) -> dict[str, float]:
-    """⟨u⟩, ⟨u²⟩, ⟨r_AA⟩, ⟨r_AB⟩ (u reduced at the target, sampled at β) by quadrature."""
-    system = Trimer(temperature=temperature)
-    box = system.box
-    g = (torch.arange(n, dtype=torch.float64) + 0.5) * 3.0 / n
-    grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
-    r_0k = minimum_image(grid, box).norm(dim=-1)                       # |x_k − x_0| for x_0 = 0
-    phi01, phi02 = pair_phi(system, 0, 1, r_0k ** 2), pair_phi(system, 0, 2, r_0k ** 2)
-    sums = dict.fromkeys(("z", "u", "u2", "r_aa", "r_ab"), 0.0)
-    for chunk in torch.arange(n * n).split(512):                      # particle 1 on these sites
-        r12 = minimum_image(grid[None, :, :] - grid[chunk, None, :], box).norm(dim=-1)
-        u = (phi01[chunk, None] + phi02[None, :] + pair_phi(system, 1, 2, r12 ** 2)) / temperature
-        w = torch.exp(-beta * u)
-        sums["z"] += float(w.sum())
-        sums["u"] += float((w * u).sum())
-        sums["u2"] += float((w * u * u).sum())
-        sums["r_aa"] += float((w * r_0k[chunk, None]).sum())
-        sums["r_ab"] += float((w * 0.5 * (r_0k[None, :] + r12)).sum())
-    return {k: v / sums["z"] for k, v in sums.items() if k != "z"}
+def trimer_exact(beta: float = 1.0) -> dict[str, float]:
+    """⟨u⟩, ⟨u²⟩, ⟨r_AA⟩, ⟨r_AB⟩ of the trimer at kT = 0.8 (u reduced there, sampled at β)."""
+    return trimer_quadrature(beta=beta)
 
 
 def trimer_observables(positions: torch.Tensor, energies: torch.Tensor) -> dict[str, torch.Tensor]:
     """The observables of :func:`trimer_exact` for samples (T, C, 6), energies (T, C)."""
-    box = torch.tensor([3.0, 3.0], dtype=torch.float64)
-    p = positions.double().reshape(*positions.shape[:2], 3, 2)
-
-    def dist(a, b):
-        return minimum_image(p[..., a, :] - p[..., b, :], box).norm(dim=-1)
     u = energies.double()
-    return {"u": u, "u2": u * u, "r_aa": dist(0, 1), "r_ab": 0.5 * (dist(0, 2) + dist(1, 2))}
+    return {"u": u, "u2": u * u, **kit_observables(positions)}
 
 
 def assert_matches(observables: dict[str, torch.Tensor], exact: dict[str, float], z_max: float = 4.5) -> None:
