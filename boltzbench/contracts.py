@@ -299,7 +299,7 @@ def weights_from_log(log_weights: np.ndarray) -> np.ndarray:
 def support(weights: np.ndarray | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...] | None:
     """The samples that carry mass, or None when no estimate from them is defined.
 
-    The one rule of every metric and estimator (issue 13). Weights must be finite and
+    The one rule of every metric and estimator. Weights must be finite and
     ≥ 0 with a positive sum. A zero weight (log-weight −inf) is legal: its sample carries
     no mass and is dropped, whatever its values (a weightless overlap at u = inf
     included). Every sample that keeps a positive weight must have finite values. Empty

@@ -9,7 +9,7 @@ the identity being the parameters that change the distribution (declared with
 (``ternary2d``, whose model changed under its name). Numerical parameters (``precision``,
 ``device``, ``verlet_skin``, alanine's OpenMM ``platform``) are not part of it: one reference
 serves a float32 or a cuda system, or another skin. For a system whose parameters are all
-physical the key is the one used before issue 14. References shipped before then were
+physical the key is the one of the earlier all-parameter keys. References shipped with those were
 re-keyed (renamed, contents unchanged); a user reference stored under the old key (sha256 of
 all parameters) is still found when it was built at the default numerical settings.
 
@@ -83,7 +83,7 @@ def reference_key(system: System) -> str:
 
 
 def legacy_reference_key(system: System) -> str | None:
-    """The key before issue 14 (digest of all parameters) of this system at its default
+    """The earlier key (digest of all parameters) of this system at its default
     numerical settings; None where it equals :func:`reference_key` or the class declares a
     ``model_id`` (its old references are of another model)."""
     if getattr(system, "model_id", None) is not None:

@@ -95,22 +95,33 @@ def test_sample_references_carry_the_free_energy_of_their_states():
     assert _sample_estimates(get_system("dw4"), torch.zeros(2, 8, dtype=torch.float64)) == {}
 
 
-SHIPPED = sorted(p.stem.split("-")[0] for p in
-                 (Path(__file__).resolve().parents[1] / "systems" / "references").glob("*.json"))
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "systems" / "references"
+SHIPPED = sorted(p.stem for p in SHIPPED_DIR.glob("*.json"))
 
 
-@pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_references_match_their_systems(name, monkeypatch, tmp_path):
-    """Every reference in the package loads for the default parameters (checksum and
-    params checked), its stored energies are the system's energies of its positions, and
-    its provenance names a real run that kept its budget."""
+def shipped_system(key: str):
+    """The system a shipped reference was built for: its recorded parameters that differ
+    from the defaults (JSON lists back to tuples)."""
+    meta = json.loads((SHIPPED_DIR / f"{key}.json").read_text())
+    defaults = get_system(meta["system"]).params()
+    changed = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()
+               if json.loads(json.dumps(defaults.get(k))) != v}
+    return get_system(meta["system"], **changed)
+
+
+@pytest.mark.parametrize("key", SHIPPED)
+def test_shipped_references_match_their_systems(key, monkeypatch, tmp_path):
+    """Every reference in the package loads for the parameters it was built for (checksum
+    and params checked), its stored energies are the system's energies of its positions,
+    and its provenance names a real run that kept its budget."""
     import torch
 
     monkeypatch.setenv("BOLTZBENCH_REFERENCES", str(tmp_path))  # only the package
-    system = get_system(name)
+    system = shipped_system(key)
     ref = system.reference()
     meta = ref.provenance
-    assert meta["system"] == name and meta["samples"] == len(ref.energies) >= 1000
+    assert Path(meta["path"]).stem == key
+    assert meta["system"] == system.name and meta["samples"] == len(ref.energies) >= 1000
     assert meta["cost"]["total_evals"] <= meta["generator"]["budget"]["max_evals"] * 1.01
     picks = np.random.default_rng(0).choice(len(ref.energies), 16, replace=False)
     with np.load(Path(meta["path"]).with_suffix(".npz")) as data:
@@ -224,3 +235,53 @@ def test_a_reference_stored_under_the_old_key_is_still_found(tmp_path):
         assert ref.provenance["path"] == str(tmp_path / f"{old}.json")
     assert legacy_reference_key(get_system("ternary2d")) is None      # the old name held another model
     assert legacy_reference_key(get_system("double_well")) is None    # same key as before
+
+
+# ----------------------------------------- the glass matrix's ladder: shipped swap-MC references
+
+LADDER = (0.32, 0.26)  # benchmarks/matrices/glass.toml (T = 0.2 not converged, not shipped)
+
+
+def test_the_ternary_ladder_references_are_shipped_swap_mc_runs_and_plausible(monkeypatch, tmp_path):
+    """The glass ladder's ternary2d references load from the package alone, come from swap
+    MC at their own temperature, and are physically ordered: U/N falls as T falls, the heat
+    capacity per particle Var(βU)/N is of order one (the potential part of a 2D harmonic
+    solid gives d/2 = 1; a run stuck near one configuration at another temperature would not)."""
+    monkeypatch.setenv("BOLTZBENCH_REFERENCES", str(tmp_path))  # only the package
+    u, heat = [], []
+    for temperature in LADDER:
+        system = get_system("ternary2d", temperature=temperature)
+        ref = system.reference()
+        meta = ref.provenance
+        assert meta["generator"]["sampler"] == "swap_mc" and meta["params"]["temperature"] == temperature
+        assert meta["diagnostics"]["acceptance_swap"] > 0
+        u.append(ref.energies.mean() * temperature / system.n_particles)
+        heat.append(ref.energies.var() / system.n_particles)
+    assert u == sorted(u, reverse=True) and len(set(u)) == len(u)
+    assert all(0.3 < c < 3.0 for c in heat)
+
+
+@pytest.mark.slow
+def test_an_independent_swap_mc_run_agrees_with_the_shipped_reference_at_t_0_26():
+    """At the coldest temperature of the ladder, a fresh swap-MC run from other random starts
+    (another seed, 8 chains × 6·10⁴ sweeps, first half discarded) finds the shipped reference's
+    ⟨U⟩/N within 4 combined standard errors (errors over independent chains; the reference's
+    from its 8 chains, benchmarks/reference_convergence.run_statistics). ~1 min."""
+    import math
+
+    import torch
+
+    from boltzbench.benchmarks.reference_convergence import run_statistics
+    from boltzbench.registry import get_sampler
+
+    system = get_system("ternary2d", temperature=0.26)
+    shipped = run_statistics(system, load_reference(system, folders=[SHIPPED_DIR]))
+    sampler = get_sampler("swap_mc", n_chains=8, thin=10)
+    system.ledger.start()
+    for snapshot in sampler.run(system, Budget(max_evals=5e5, n_snapshots=1), torch.Generator().manual_seed(12345)):
+        pass
+    system.ledger.stop()
+    e = snapshot.energies.double().numpy()
+    u = e[e.shape[0] // 2:] * 0.26 / system.n_particles               # (frames, chains)
+    mean, se = u.mean(), u.mean(axis=0).std(ddof=1) / math.sqrt(u.shape[1])
+    assert abs(mean - shipped["u"]) < 4 * math.hypot(se, shipped["u_se"])
