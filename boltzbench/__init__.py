@@ -11,15 +11,17 @@ Python API::
 """
 
 from boltzbench.contracts import (Budget, CostLedger, ParameterError, Reference, Sampler, Samples,
-                                  Snapshot, System)
+                                  Snapshot, SnapshotSchedule, System, param, require)
 from boltzbench.matrix import Cell, Matrix, MatrixError, load_matrix, parse_matrix
 from boltzbench.registry import get_metric, get_sampler, get_system
 from boltzbench.runner import make_cell, run_cell, run_matrix
+from boltzbench.samplers.chains import ChainSampler, ChainTrace
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Budget", "Cell", "CostLedger", "Matrix", "MatrixError", "ParameterError", "Reference",
-    "Sampler", "Samples", "Snapshot", "System", "get_metric", "get_sampler", "get_system",
-    "load_matrix", "make_cell", "parse_matrix", "run_cell", "run_matrix",
+    "Budget", "Cell", "ChainSampler", "ChainTrace", "CostLedger", "Matrix", "MatrixError",
+    "ParameterError", "Reference", "Sampler", "Samples", "Snapshot", "SnapshotSchedule", "System",
+    "get_metric", "get_sampler", "get_system", "load_matrix", "make_cell", "param", "parse_matrix",
+    "require", "run_cell", "run_matrix",
 ]

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from importlib.resources import files
 from pathlib import Path
 
-from boltzbench.matrix import Matrix, MatrixError, load_matrix
+from boltzbench import __version__
+from boltzbench.matrix import CellFilter, Matrix, MatrixError, load_matrix
 from boltzbench.registry import PluginError, registry
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -29,14 +31,25 @@ def _load(path: str | None) -> Matrix:
     return load_matrix(path if path is not None else default_matrix_path())
 
 
+def _plural(n: int, word: str) -> str:
+    """'1 system', '2 systems'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _filter(args: argparse.Namespace) -> CellFilter:
+    """The ``--system``/``--sampler``/``--seed`` patterns of ``args``."""
+    return CellFilter(tuple(args.system), tuple(args.sampler), tuple(args.seed))
+
+
 def _describe(matrix: Matrix) -> str:
     cells = matrix.cells()
     caps = ", ".join(f"{k} = {v:g}" for k, v in (("max_evals", matrix.budget.max_evals),
                                                   ("max_wall_s", matrix.budget.max_wall_s)) if v is not None)
     pairs = len(cells) // len(matrix.seeds)
     overrides = " (some systems override it)" if any(s.budget for s in matrix.systems) else ""
-    return (f"matrix {matrix.name!r}: {len(cells)} cells = {pairs} system × sampler pairs "
-            f"({len(matrix.systems)} systems) × {len(matrix.seeds)} seeds; budget {caps} per cell{overrides}; "
+    return (f"matrix {matrix.name!r}: {_plural(len(cells), 'cell')} = {_plural(pairs, 'system × sampler pair')} "
+            f"({_plural(len(matrix.systems), 'system')}) × {_plural(len(matrix.seeds), 'seed')}; "
+            f"budget {caps} per cell{overrides}; "
             f"baseline {matrix.baseline!r}")
 
 
@@ -54,17 +67,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    run_matrix)
 
     matrix = _load(args.matrix)
+    only = _filter(args)
+    selected = only.cells(matrix.cells())  # a pattern that matches nothing: ValueError, exit 2
     check_scheduler(args.scheduler)
     check_run_options(workers=args.workers, timeout_s=args.cell_timeout, threads=args.threads)
     check_out(args.out if args.out is not None else Path("boltzbench-results") / matrix.name)
     out = Path(args.out) if args.out is not None else Path("boltzbench-results") / matrix.name
     print(f"{_describe(matrix)}\nresults: {out}", file=sys.stderr)
+    if only:
+        print(f"filter: running {_plural(len(selected), 'cell')} of the matrix's {len(matrix.cells())} "
+              "(OUT/matrix.json still lists them all)", file=sys.stderr)
     if not args.no_build_references:
         build_missing_references(matrix, out, retry_failed=args.retry_failed, progress=not args.no_progress,
-                                 log=lambda line: print(line, file=sys.stderr))
+                                 log=lambda line: print(line, file=sys.stderr), only=only)
     summary = run_matrix(matrix, out, scheduler=args.scheduler, workers=args.workers,
                          timeout_s=args.cell_timeout, progress=not args.no_progress,
-                         retry_failed=args.retry_failed, threads=args.threads)
+                         retry_failed=args.retry_failed, threads=args.threads, only=only)
     finished = f"{summary.skipped} already finished"
     if summary.skipped_failed:
         finished += f" ({summary.skipped_failed} of them failed or timed out; --retry-failed reruns them)"
@@ -85,6 +103,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from boltzbench.reports.compare import parse_tolerance
     from boltzbench.reports.markdown import NoRecords, generate_report
 
+    if args.fail_on_regression and args.baseline is None:
+        print("error: --fail-on-regression: needs --baseline DIR (the results folder to compare with)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     for name, folder in (("results", args.results), ("--baseline", args.baseline)):
         if folder is not None and not (Path(folder) / "records").is_dir():
             print(f"error: {name} {folder}: no records/ folder here; give the --out folder of a run",
@@ -94,7 +116,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                             all_records=args.all_records, tolerance=parse_tolerance(args.tolerance),
                             ignore_metrics=tuple(args.ignore_metric))
     try:
-        outcome = generate_report(args.results, args.out, baseline=args.baseline, options=options)
+        outcome = generate_report(args.results, args.out, baseline=args.baseline, options=options,
+                                  only=_filter(args), json_path=args.json)
     except NoRecords as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -104,6 +127,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"note: {len(outcome.set_aside)} records not shown (duplicates, or outside the matrix that "
               "was run last; see the report's 'Records not shown')", file=sys.stderr)
     print(f"report: {outcome.markdown}\nhtml:   {outcome.html}")
+    if outcome.json is not None:
+        print(f"json:   {outcome.json}")
     if args.baseline is not None:
         regressions = outcome.regressions
         print(f"against {args.baseline}: {len(regressions)} regressions, "
@@ -197,11 +222,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _filter_options(command: argparse.ArgumentParser, what: str) -> None:
+    for option, kind in (("--system", "system label or name"), ("--sampler", "sampler label or name"),
+                         ("--seed", "seed")):
+        command.add_argument(option, action="append", default=[], metavar="PATTERN",
+                             help=f"{what} whose {kind} matches PATTERN (a name or a glob such as 'md*'; "
+                                  "repeatable: any of them)")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="boltzbench",
         description="Benchmark samplers of Boltzmann distributions: run a (system × sampler × "
                     "seed) matrix under a cost budget, then rank the methods in a report.")
+    top.add_argument("--version", action="version", version=f"boltzbench {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a benchmark matrix (default: the built-in quick matrix)",
@@ -221,6 +255,7 @@ def parser() -> argparse.ArgumentParser:
                           "timeout with its curve so far; one still running max(2 s, 10 %%) later is killed")
     run.add_argument("--threads", type=int, default=1, metavar="N",
                      help="torch threads of each cell, in every scheduler (default: 1); recorded in env")
+    _filter_options(run, "run only the cells")
     run.add_argument("--retry-failed", action="store_true", help="run failed and timed-out cells again")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-report", action="store_true", help="do not write the report")
@@ -275,6 +310,10 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--target", metavar="EPS",
                         help="speedup target: a number, or median_final (default: median over samplers of "
                              "the final value), baseline_final, baseline_initial:F")
+    _filter_options(report, "show only the records")
+    report.add_argument("--json", metavar="PATH",
+                        help="also write the numbers as JSON for CI: ranking, per-system final metrics and "
+                             "speedups, changes against --baseline (schema: boltzbench/reports/report.schema.json)")
     report.add_argument("--all-records", action="store_true",
                         help="also show the records in the folder that are not cells of the matrix run "
                              "last (RESULTS/matrix.json), each setting as a row of its own")
@@ -285,10 +324,16 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return code
     except (MatrixError, ValueError) as exc:  # includes SchedulerError
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `boltzbench validate … | head`: the reader left; not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's advice: no second error when stdout is flushed at exit
+        return EXIT_OK
     except KeyboardInterrupt:
         print("\ninterrupted: finished cells are kept; run the same command again to resume",
               file=sys.stderr)

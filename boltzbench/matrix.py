@@ -32,6 +32,7 @@ Every error names the offending field and, where there is a closed set, the vali
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import sys
 from dataclasses import dataclass, field
@@ -131,10 +132,74 @@ class Matrix:
         return cells
 
 
+def match_patterns(option: str, patterns: list[str] | tuple[str, ...] | None,
+                   choices: list[str], strict: bool = True) -> set[str] | None:
+    """The ``choices`` that match any of ``patterns`` (shell globs, as :func:`fnmatch.fnmatchcase`).
+
+    None when no pattern is given (no filter). A pattern that matches no choice is bad input
+    when ``strict``: ValueError naming ``option`` and the valid choices (benchopt's
+    ``-s``/``-d`` filters likewise accept names or patterns).
+    """
+    if not patterns:
+        return None
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = {c for c in choices if fnmatch.fnmatchcase(c, pattern)}
+        if not hits and strict:
+            raise ValueError(f"{option} {pattern!r}: matches nothing; valid choices: {', '.join(choices) or '(none)'}")
+        chosen |= hits
+    return chosen
+
+
+@dataclass(frozen=True)
+class CellFilter:
+    """``--system``, ``--sampler``, ``--seed``: names or globs, repeatable; empty = no filter.
+
+    A system or sampler pattern matches its label or its registered name; a seed pattern
+    matches the seed written in decimal (``"1*"`` matches 1, 10, 11, …).
+    """
+
+    systems: tuple[str, ...] = ()
+    samplers: tuple[str, ...] = ()
+    seeds: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.systems or self.samplers or self.seeds)
+
+    def select(self, items: list[tuple[str, str, str, str, int]], strict: bool = True) -> list[int]:
+        """Indices of the ``(system label, system name, sampler label, sampler name, seed)`` items kept.
+
+        Raises ValueError for a pattern that matches none of the items' values, if ``strict``."""
+        def names(i: int, j: int) -> list[str]:
+            return list(dict.fromkeys(v for item in items for v in (item[i], item[j])))
+        systems = match_patterns("--system", self.systems, names(0, 1), strict)
+        samplers = match_patterns("--sampler", self.samplers, names(2, 3), strict)
+        seeds = match_patterns("--seed", self.seeds, sorted({str(item[4]) for item in items}, key=int), strict)
+        return [k for k, (sl, sn, al, an, seed) in enumerate(items)
+                if (systems is None or sl in systems or sn in systems)
+                and (samplers is None or al in samplers or an in samplers)
+                and (seeds is None or str(seed) in seeds)]
+
+    def cells(self, cells: list[Cell]) -> list[Cell]:
+        """The cells kept (all of them when there is no filter)."""
+        items = [(c.system.label, c.system.name, c.sampler.label, c.sampler.name, c.seed) for c in cells]
+        return [cells[k] for k in self.select(items)]
+
+    def records(self, records: list[dict[str, Any]], strict: bool = True) -> list[dict[str, Any]]:
+        """The records kept, matched on their system and sampler label or name, and seed
+        (``strict=False`` for a baseline, which may lack what the filter names)."""
+        items = [(r["system"]["label"], r["system"].get("name", r["system"]["label"]), r["sampler"]["label"],
+                  r["sampler"].get("name", r["sampler"]["label"]), int(r["seed"])) for r in records]
+        return [records[k] for k in self.select(items, strict)]
+
+
 def load_matrix(path: str | Path) -> Matrix:
     """Read and validate a matrix file. Raises :class:`MatrixError`."""
     path = Path(path)
     source = str(path)
+    if path.is_dir():
+        raise MatrixError("path", "is a folder, not a matrix file; give a TOML file such as "
+                          f"{path / 'matrix.toml'}", source)
     if not path.is_file():
         raise MatrixError("path", "no such file", source)
     try:

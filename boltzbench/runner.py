@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from boltzbench.contracts import Budget, Samples, Snapshot, System
-from boltzbench.matrix import Cell, Component, Matrix
+from boltzbench.matrix import Cell, CellFilter, Component, Matrix
 from boltzbench.metrics.observables import energy_histogram
 from boltzbench.registry import get_metric, get_sampler, get_system
 from boltzbench.store import SCHEMA, Store, json_problem, to_jsonable, write_json_atomic
@@ -268,7 +268,8 @@ def check_scheduler(scheduler: str) -> None:
 
 
 def build_missing_references(matrix: Matrix, out: str | Path, *, retry_failed: bool = False,
-                             progress: bool = True, log: Callable[[str], None] = print) -> list[Path]:
+                             progress: bool = True, log: Callable[[str], None] = print,
+                             only: CellFilter | None = None) -> list[Path]:
     """Build, by its recipe, the reference of every system with unfinished cells that has
     none yet (into ``$BOLTZBENCH_REFERENCES``); returns the written provenance paths.
 
@@ -278,7 +279,8 @@ def build_missing_references(matrix: Matrix, out: str | Path, *, retry_failed: b
     from boltzbench.systems.references import ReferenceMissing, build_command, build_reference
 
     store = Store(out)
-    todo = {cell.system.label: cell.system for cell in matrix.cells()
+    cells = only.cells(matrix.cells()) if only else matrix.cells()
+    todo = {cell.system.label: cell.system for cell in cells
             if not store.is_done(cell.cell_id, retry_failed, need_samples=matrix.keep_samples)}
     built = []
     for component in todo.values():
@@ -338,8 +340,13 @@ def _plan(store: Store, cells: list[Cell], retry_failed: bool, need_samples: boo
 
 def run_matrix(matrix: Matrix, out: str | Path, *, scheduler: str = "serial", workers: int | None = None,
                timeout_s: float | None = None, progress: bool = True, retry_failed: bool = False,
-               threads: int = 1) -> RunSummary:
+               threads: int = 1, only: CellFilter | None = None) -> RunSummary:
     """Run every cell of ``matrix`` not yet finished in ``out``; resumable at any point.
+
+    ``only`` (``--system``/``--sampler``/``--seed``) runs the matching cells alone: a partial
+    run of the same matrix, so ``OUT/matrix.json`` still lists every cell id of the matrix
+    (the report shows the matrix that was run, and a later run fills in the rest); a
+    pattern that matches nothing raises ValueError before anything is written.
 
     ``scheduler``: "serial" runs cells one after the other; "local" or a Dask address runs
     one Dask task per cell (see :mod:`boltzbench.distributed`). Either way each cell runs in
@@ -357,13 +364,14 @@ def run_matrix(matrix: Matrix, out: str | Path, *, scheduler: str = "serial", wo
     check_run_options(workers=workers, timeout_s=timeout_s, threads=threads)
     check_out(out)
     store = Store(out)
-    cells = matrix.cells()
+    all_cells = matrix.cells()
+    cells = only.cells(all_cells) if only else all_cells
     info = {"name": matrix.name, "baseline": matrix.baseline, "source": matrix.source}
     counts = {"ok": 0, "failed": 0}
     with _executor(scheduler, workers) as execute, store.lock():
         store.remove_partial()
         write_json_atomic(store.out / "matrix.json", {"name": matrix.name, "source": matrix.source,
-                                                      "cell_ids": [cell.cell_id for cell in cells]})
+                                                      "cell_ids": [cell.cell_id for cell in all_cells]})
         todo, skipped_failed, for_samples = _plan(store, cells, retry_failed, matrix.keep_samples)
         with _progress_bar(len(todo), progress) as bar:
             for cell, outcome in execute(todo, info, timeout_s, threads, matrix.keep_samples, bar):
@@ -427,8 +435,6 @@ def _executor(scheduler: str, workers: int | None):
             bar.set_description_str(f"{n_workers} Dask workers")
             for cell, outcome in run_cells(client, cells, info, timeout_s, threads=threads,
                                            keep_samples=keep_samples):
-                running = sum(len(tasks) for tasks in client.processing().values())
-                bar.set_description_str(f"{n_workers} Dask workers, {running} cells running")
-                bar.update(1)
+                bar.update(1)  # the bar itself shows cells done/total, the ETA and the failures
                 yield cell, outcome
         yield execute

@@ -123,8 +123,9 @@ def _pair_cell(pair) -> str:
     return f"{tag} {pair.win_rate:.2f} [{pair.low:.2f}, {pair.high:.2f}] {n}"
 
 
-def ranking_blocks(records: list[dict[str, Any]]) -> list[Block]:
-    result = rank_samplers(records)
+def ranking_blocks(records: list[dict[str, Any]], result=None) -> list[Block]:
+    """The ranking section; ``result`` is ``rank_samplers(records)`` when already computed."""
+    result = result if result is not None else rank_samplers(records)
     if not result.overall:
         return [Heading(2, "Ranking"), Text("No ranked metric has a value: nothing to rank.")]
     blocks: list[Block] = [
@@ -204,15 +205,39 @@ def changes_blocks(changes: list[Change], unchanged: int, baseline: str, problem
     return blocks
 
 
-def final_metrics_blocks(group: list[dict[str, Any]]) -> list[Block]:
+def rank_order(group: list[dict[str, Any]], ranking=None) -> dict[str, int]:
+    """Position of each sampler of one system's records in its per-system ranking
+    (:func:`boltzbench.metrics.ranking.rank_samplers` ``.per_system``: by displayed rank, then
+    mean rank, then name); ``ranking`` is the whole report's when already computed."""
+    system = group[0]["system"]["label"] if group else ""
+    if ranking is None or system not in ranking.per_system:
+        ranking = rank_samplers(group)
+    return {e.sampler: i for i, e in enumerate(ranking.per_system.get(system, []))}
+
+
+def _ranked(labels, order: dict[str, int] | None) -> list[str]:
+    """``labels`` (distinct) by rank position, unranked ones after them by name."""
+    order = order or {}
+    return sorted(dict.fromkeys(labels), key=lambda s: (order.get(s, len(order)), s))
+
+
+def _by_rank(group: list[dict[str, Any]], order: dict[str, int] | None) -> dict[str, list[dict[str, Any]]]:
+    """:func:`_by` sampler, in rank order."""
+    groups = _by(group, "sampler")
+    return {s: groups[s] for s in _ranked(groups, order)}
+
+
+def final_metrics_blocks(group: list[dict[str, Any]], order: dict[str, int] | None = None) -> list[Block]:
     metrics = _metrics_of(group)
+    order = rank_order(group) if order is None else order
     rows = []
-    for sampler, runs in _by(group, "sampler").items():
+    for sampler, runs in _by_rank(group, order).items():
         rows.append([sampler, len({r["seed"] for r in runs}), _summary_interval([r["cost"].get("total_evals") for r in runs]),
                      _summary_interval([r["cost"].get("total_wall_s") for r in runs])]
                     + [_summary_interval([r["final"]["metrics"].get(m) for r in runs]) for m in metrics])
     return [Heading(3, "Final metrics over seeds"),
-            Text("Mean over seeds [95 % percentile bootstrap interval of the mean]."),
+            Text("Mean over seeds [95 % percentile bootstrap interval of the mean]. Rows in the order of the "
+                 "per-system rank."),
             table(["sampler", "seeds", "evals", "wall s"] + metrics, rows)]
 
 
@@ -227,7 +252,8 @@ def _speedup_metric(group: list[dict[str, Any]], wanted: str | None) -> str | No
     return next((m for m in defined if direction(m) < 0), None)
 
 
-def speedup_blocks(group: list[dict[str, Any]], options: ReportOptions) -> list[Block]:
+def speedup_blocks(group: list[dict[str, Any]], options: ReportOptions,
+                   order: dict[str, int] | None = None) -> list[Block]:
     baseline = next((r.get("matrix", {}).get("baseline") for r in group if r.get("matrix", {}).get("baseline")), None)
     metric = _speedup_metric(group, options.speedup_metric)
     title = Heading(3, f"Speedup over {baseline or 'the baseline'}")
@@ -244,11 +270,14 @@ def speedup_blocks(group: list[dict[str, Any]], options: ReportOptions) -> list[
                             f"system ({'; '.join(rows)}); report one matrix at a time (without --all-records).")]
     baseline = rows[0]
     result = speedup_table(group, metric, options.target, baseline)
+    order = rank_order(group) if order is None else order
+    position = {s: i for i, s in enumerate(_ranked([row.sampler for row in result.rows], order))}
     sign = "≥" if direction(metric) > 0 else "≤"
     target = "undefined" if result.target is None else f"{result.target:.4g}"
     rows = [[row.sampler, row.seeds, f"{row.reached}/{row.seeds}", row.cost_evals.text(4),
              row.speedup_evals.text(3, "×"), row.speedup_wall.text(3, "×"),
-             row.ess_per_eval.text(3, "×"), row.ess_per_second.text(3, "×")] for row in result.rows]
+             row.ess_per_eval.text(3, "×"), row.ess_per_second.text(3, "×")]
+            for row in sorted(result.rows, key=lambda row: position[row.sampler])]
     return [title,
             Text(f"Target: `{metric}` {sign} {target} ({result.target_rule}). Cost to target = cost of the first "
                  "snapshot that reaches it, setup included; speedup = mean baseline cost / mean sampler cost. "
@@ -270,13 +299,13 @@ def _state_names(system: str) -> tuple[str, str]:
     return (states[0], states[1]) if len(states) >= 2 else ("state 0", "state 1")
 
 
-def free_energy_blocks(group: list[dict[str, Any]]) -> list[Block]:
+def free_energy_blocks(group: list[dict[str, Any]], order: dict[str, int] | None = None) -> list[Block]:
     names = [m for m in ("delta_f", "delta_f_stderr", "delta_f_error") if m in _metrics_of(group)]
     if not names:
         return []
     exact = (group[0].get("reference") or {}).get("exact") or {}
     rows = [[sampler, len(runs)] + [_summary_interval([r["final"]["metrics"].get(m) for r in runs]) for m in names]
-            for sampler, runs in _by(group, "sampler").items()]
+            for sampler, runs in _by_rank(group, rank_order(group) if order is None else order).items()]
     reference = f" Reference ΔF = {exact['delta_f']:.4g} kT." if "delta_f" in exact else ""
     a, b = _state_names(group[0]["system"]["name"])
     return [Heading(3, "Free energies"),
@@ -287,7 +316,7 @@ def free_energy_blocks(group: list[dict[str, Any]]) -> list[Block]:
 
 
 def _sample_blocks(group: list[dict[str, Any]], records_dir: Path | None, figure_dir: Path,
-                   label: str, notes: list[str]) -> list[Block]:
+                   label: str, notes: list[str], colour: dict[str, str] | None = None) -> list[Block]:
     loaded: dict[str, list] = defaultdict(list)
     for record in group:
         if records_dir is None:
@@ -305,7 +334,7 @@ def _sample_blocks(group: list[dict[str, Any]], records_dir: Path | None, figure
                            Text("Final samples kept beside the records, seeds pooled, weighted.")]
     energies = {s: [(k.energies, k.weights) for _, k in parts] for s, parts in loaded.items()}
     path = plots.plot_energy_histograms(energies, group[0].get("reference"), f"{label}: reduced energies",
-                                        figure_dir / f"energy-{slug(label)}.png")
+                                        figure_dir / f"energy-{slug(label)}.png", colour)
     blocks.append(Image(path.name, f"energy histograms, {label}"))
     if not (group[0].get("reference") or {}).get("energy_histogram"):
         blocks.append(Text("The records carry no reference energy histogram; the exact ⟨u⟩ is marked when known."))
@@ -328,7 +357,7 @@ def _sample_blocks(group: list[dict[str, Any]], records_dir: Path | None, figure
             if keys:
                 normalization = _rdf_normalization(record, kept, keys)
     if pairs:
-        path = plots.plot_rdf(pairs, normalization, label, figure_dir / f"gr-{slug(label)}.png")
+        path = plots.plot_rdf(pairs, normalization, label, figure_dir / f"gr-{slug(label)}.png", colour)
         blocks.append(Image(path.name, f"radial distribution functions, {label}"))
     return blocks
 
@@ -350,23 +379,25 @@ def _rdf_normalization(record: dict[str, Any], kept, keys: list[str]) -> tuple[f
     return (float(density) if density else None, int(n) if n else None, int(dim) if dim else None)
 
 
-def diagnostics_blocks(group: list[dict[str, Any]], figure_dir: Path, label: str) -> list[Block]:
+def diagnostics_blocks(group: list[dict[str, Any]], figure_dir: Path, label: str,
+                       order: dict[str, int] | None = None, colour: dict[str, str] | None = None) -> list[Block]:
     blocks: list[Block] = []
+    order = rank_order(group) if order is None else order
     pt = {s: [r["final"]["diagnostics"] for r in runs if r["final"]["diagnostics"].get("pair_acceptance")]
-          for s, runs in _by(group, "sampler").items()}
+          for s, runs in _by_rank(group, order).items()}
     pt = {s: v for s, v in pt.items() if v}
     if pt:
-        path = plots.plot_pt_acceptance(pt, label, figure_dir / f"pt-{slug(label)}.png")
+        path = plots.plot_pt_acceptance(pt, label, figure_dir / f"pt-{slug(label)}.png", colour)
         rows = [[s, len(d), _summary_interval([x.get("round_trips") for x in d]),
                  _summary_interval([min(x["pair_acceptance"]) for x in d])] for s, d in pt.items()]
         blocks += [Heading(3, "Parallel tempering"), Image(path.name, f"parallel-tempering acceptance, {label}"),
                    table(["sampler", "seeds", "round trips", "lowest pair acceptance"], rows)]
     pa = {s: [r["final"]["diagnostics"] for r in runs if r["final"]["diagnostics"].get("schedule")]
-          for s, runs in _by(group, "sampler").items()}
+          for s, runs in _by_rank(group, order).items()}
     pa = {s: v for s, v in pa.items() if v}
     if pa:
         path = plots.plot_pa_schedule({s: [d["schedule"] for d in v] for s, v in pa.items()}, label,
-                                      figure_dir / f"pa-{slug(label)}.png")
+                                      figure_dir / f"pa-{slug(label)}.png", colour)
         rows = [[s, len(d), _summary_interval([family_effective_population(x) for x in d]),
                  _summary_interval([x["schedule"][-1].get("n_families") for x in d]),
                  _summary_interval([x.get("log_z_ratio") for x in d]),
@@ -379,8 +410,11 @@ def diagnostics_blocks(group: list[dict[str, Any]], figure_dir: Path, label: str
     return blocks
 
 
-def cells_blocks(group: list[dict[str, Any]]) -> list[Block]:
+def cells_blocks(group: list[dict[str, Any]], order: dict[str, int] | None = None) -> list[Block]:
     metrics = _metrics_of(group)
+    order = rank_order(group) if order is None else order
+    position = {s: i for i, s in enumerate(_ranked([r["sampler"]["label"] for r in group], order))}
+    group = sorted(group, key=lambda r: (position[r["sampler"]["label"]], str(r["seed"])))
     rows = [[r["sampler"]["label"], r["seed"], r["cost"].get("total_evals"), r["cost"].get("total_wall_s")]
             + [r["final"]["metrics"].get(m) for m in metrics]
             + [_cell(_diagnostic_text(r["final"]["diagnostics"])), f"`{r['cell_id']}`"] for r in group]
@@ -388,8 +422,13 @@ def cells_blocks(group: list[dict[str, Any]]) -> list[Block]:
 
 
 def system_blocks(group: list[dict[str, Any]], figure_dir: Path, records_dir: Path | None,
-                  options: ReportOptions, notes: list[str]) -> list[Block]:
+                  options: ReportOptions, notes: list[str], ranking=None,
+                  colour: dict[str, str] | None = None) -> list[Block]:
+    """One system's section: figures in the report's sampler colours (``colour``), tables in
+    the order of the system's rank in ``ranking`` (the report's :func:`rank_samplers`)."""
     label = group[0]["system"]["label"]
+    order = rank_order(group, ranking)
+    group = sorted(group, key=lambda r: order.get(r["sampler"]["label"], len(order)))  # legends in rank order
     system = group[0]["system"]
     blocks: list[Block] = [Heading(2, label), Text(f"`{system['name']}` {json.dumps(system.get('params', {}))}")]
     reference = group[0].get("reference") or {}
@@ -398,19 +437,19 @@ def system_blocks(group: list[dict[str, Any]], figure_dir: Path, records_dir: Pa
     if reference.get("exact"):
         blocks.append(Text("Reference: " + ", ".join(f"{k} = {fmt(v)}" for k, v in reference["exact"].items())
                            + f" ({(reference.get('provenance') or {}).get('method', '')})"))
-    curves = plots.plot_curves(group, figure_dir / f"curves-{slug(label)}.png")
+    curves = plots.plot_curves(group, figure_dir / f"curves-{slug(label)}.png", colour)
     blocks.append(Image(curves.name, f"accuracy versus cost, {label}"))
-    blocks += final_metrics_blocks(group)
-    blocks += speedup_blocks(group, options)
-    blocks += free_energy_blocks(group)
+    blocks += final_metrics_blocks(group, order)
+    blocks += speedup_blocks(group, options, order)
+    blocks += free_energy_blocks(group, order)
     ess_metric = next((m for m in ESS_METRICS if m in _metrics_of(group)), None)
     if ess_metric:
-        path = plots.plot_ess_per_cost(group, ess_metric, figure_dir / f"ess-{slug(label)}.png")
+        path = plots.plot_ess_per_cost(group, ess_metric, figure_dir / f"ess-{slug(label)}.png", colour)
         if path is not None:
             blocks += [Heading(3, "Effective sample size per cost"), Image(path.name, f"ESS per cost, {label}")]
-    blocks += _sample_blocks(group, records_dir, figure_dir, label, notes)
-    blocks += diagnostics_blocks(group, figure_dir, label)
-    blocks += cells_blocks(group)
+    blocks += _sample_blocks(group, records_dir, figure_dir, label, notes, colour)
+    blocks += diagnostics_blocks(group, figure_dir, label, order, colour)
+    blocks += cells_blocks(group, order)
     return blocks
 
 
@@ -472,6 +511,28 @@ def environment_blocks(records: list[dict[str, Any]]) -> list[Block]:
     return blocks
 
 
+def sampler_colours(records: list[dict[str, Any]], ranking=None) -> dict[str, str]:
+    """The report's one colour per sampler (:func:`boltzbench.reports.plots.colours`), over all
+    samplers of the records: in the overall ranking's order, unranked samplers after by name."""
+    ranked = [e.sampler for e in (ranking if ranking is not None else rank_samplers(records)).overall]
+    return plots.colours(ranked + sorted({r["sampler"]["label"] for r in records} - set(ranked)))
+
+
+def overview_blocks(ranking, figure_dir: Path, colour: dict[str, str] | None = None) -> list[Block]:
+    """The overview figure: samplers (overall rank order) × systems, each cell the per-system
+    rank with the mean rank over metrics [95 % interval] (:func:`plots.plot_overview`)."""
+    if not ranking.per_system:
+        return []
+    samplers = [e.sampler for e in ranking.overall]
+    samplers += sorted({e.sampler for es in ranking.per_system.values() for e in es} - set(samplers))
+    path = plots.plot_overview(ranking.per_system, samplers, figure_dir / "overview.png", colour)
+    return [Heading(2, "Overview"),
+            Text("Per-system rank of each sampler (rows: overall rank order; darker = better; a dash: not run "
+                 "there), with the mean rank over the ranked metrics and its 95 % interval. Sampler colours are "
+                 "the same in every figure of this report. Details: the Ranking section below."),
+            Image(path.name, "overview: per-system rank of each sampler")]
+
+
 # ----------------------------------------------------------------------------- whole
 
 
@@ -505,14 +566,17 @@ def build_report(records: list[dict[str, Any]], figure_dir: Path, *, records_dir
                         "cells outside the matrix that was run last (`boltzbench report --all-records` shows "
                         "those as rows of their own):"),
                    Items(tuple(_cell(p) for p in set_aside))]
-    blocks += ranking_blocks(records)
+    ranking = rank_samplers(records)
+    colour = sampler_colours(records, ranking)
+    blocks[3:3] = overview_blocks(ranking, figure_dir, colour)  # at the top, after the title and the intro
+    blocks += ranking_blocks(records, ranking)
     changes: list[Change] = []
     if baseline is not None:
         changes, unchanged = compare(records, baseline, tolerance=options.tolerance, ignore=options.ignore_metrics)
         blocks += changes_blocks(changes, unchanged, baseline_name, baseline_problems or [], options.tolerance,
                                  options.ignore_metrics)
     for label, group in _by(ok, "system").items():
-        blocks += system_blocks(group, figure_dir, records_dir, options, notes)
+        blocks += system_blocks(group, figure_dir, records_dir, options, notes, ranking, colour)
     blocks += failed_blocks(failed)
     if notes:
         blocks += [Heading(2, "Notes"), Items(tuple(_cell(n) for n in notes))]

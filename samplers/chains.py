@@ -39,10 +39,19 @@ class ChainTrace:
             self._positions.append(x.detach().clone())
             self._energies.append(u.detach().clone())
 
+    @property
+    def ready(self) -> bool:
+        """True once a sample is kept (step ``thin``): a snapshot due earlier waits for it."""
+        return bool(self._positions)
+
     def snapshot(self, ledger: CostLedger, diagnostics: dict[str, Any]) -> Snapshot:
-        if not self._positions:  # budget spent before the first kept step
-            raise RuntimeError(f"the budget ended after {self.steps} steps, before the first "
-                               f"kept sample (thin = {self.thin}); raise the budget or lower thin")
+        """The kept samples so far. Samplers ask when :attr:`ready` (a snapshot due earlier
+        waits), and once more after the loop if never ready: then the budget ran out before
+        step ``thin``, and this raises, saying so."""
+        if not self._positions:
+            raise RuntimeError(f"no sample kept after {self.steps} steps ({ledger.total_evals:g} evaluations): "
+                               f"the first is kept at step thin = {self.thin}. If the budget ran out, raise it "
+                               "or lower thin; a sampler asks for a snapshot only once `trace.ready`")
         return Snapshot(
             positions=torch.stack(self._positions),
             energies=torch.stack(self._energies),

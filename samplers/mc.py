@@ -57,5 +57,7 @@ class MetropolisMC(ChainSampler):
             x, u, accept = metropolis_step(x, u, system, self.step, generator)
             accepted += float(accept.double().mean())
             trace.step(x, u)
-            if schedule.due(ledger):
+            if trace.ready and schedule.due(ledger):  # a snapshot due before the first kept sample waits
                 yield trace.snapshot(ledger, {"acceptance": accepted / trace.steps})
+        if not trace.ready:
+            trace.snapshot(ledger, {})  # raises: the budget ended before the first kept sample

@@ -83,6 +83,8 @@ class LangevinMD(ChainSampler):
             x, v, u, f = baoab_step(x, v, f, system, self.dt, self.friction, self.mass, generator)
             kinetic += 0.5 * self.mass * (v * v).mean()
             trace.step(x, u)
-            if schedule.due(ledger):
+            if trace.ready and schedule.due(ledger):  # a snapshot due before the first kept sample waits
                 # kinetic temperature in units of the target kT: 1 at equilibrium
                 yield trace.snapshot(ledger, {"kinetic_temperature": float(2 * kinetic / trace.steps)})
+        if not trace.ready:
+            trace.snapshot(ledger, {})  # raises: the budget ended before the first kept sample

@@ -566,12 +566,14 @@ class FlowSampler(Sampler):
                 flow_acc += float(accept.double().mean())
                 flow_moves += 1
             trace.step(x, u)
-            if schedule.due(ledger):
+            if trace.ready and schedule.due(ledger):  # a snapshot due before the first kept sample waits
                 yield trace.snapshot(ledger, {
                     "mode": "mcmc", "base": self.base,
                     "flow_acceptance": flow_acc / flow_moves if flow_moves else None,
                     "local_acceptance": local_acc / local_moves if local_moves else None,
                     "n_nonfinite": n_bad, **self._common(bg, info)})
+        if not trace.ready:
+            trace.snapshot(ledger, {})  # raises: the budget ended before the first kept sample
 
     def _common(self, bg, info) -> dict[str, Any]:
         out = {"training": {k: v for k, v in info.items() if k not in ("flow_reused_from", "reused_setup")}}

@@ -57,5 +57,7 @@ class MALA(ChainSampler):
             x, u, f, accept = mala_step(x, u, f, system, self.step, generator)
             accepted += accept.to(u.dtype).mean()
             trace.step(x, u)
-            if schedule.due(ledger):
+            if trace.ready and schedule.due(ledger):  # a snapshot due before the first kept sample waits
                 yield trace.snapshot(ledger, {"acceptance": float(accepted) / trace.steps})
+        if not trace.ready:
+            trace.snapshot(ledger, {})  # raises: the budget ran out before the first kept sample
