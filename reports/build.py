@@ -241,7 +241,7 @@ def final_metrics_blocks(group: list[dict[str, Any]], order: dict[str, int] | No
             table(["sampler", "seeds", "evals", "wall s"] + metrics, rows)]
 
 
-def _speedup_metric(group: list[dict[str, Any]], wanted: str | None) -> str | None:
+def speedup_metric(group: list[dict[str, Any]], wanted: str | None) -> str | None:
     metrics = _metrics_of(group)
     defined = [m for m in metrics if any(r["final"]["metrics"].get(m) is not None for r in group)]
     if wanted is not None:
@@ -255,7 +255,7 @@ def _speedup_metric(group: list[dict[str, Any]], wanted: str | None) -> str | No
 def speedup_blocks(group: list[dict[str, Any]], options: ReportOptions,
                    order: dict[str, int] | None = None) -> list[Block]:
     baseline = next((r.get("matrix", {}).get("baseline") for r in group if r.get("matrix", {}).get("baseline")), None)
-    metric = _speedup_metric(group, options.speedup_metric)
+    metric = speedup_metric(group, options.speedup_metric)
     title = Heading(3, f"Speedup over {baseline or 'the baseline'}")
     if metric is None:
         wanted = options.speedup_metric or "an error metric"

@@ -21,6 +21,7 @@ from typing import Any
 
 from boltzbench.metrics.ranking import rank_samplers
 from boltzbench.metrics.speedup import Interval, speedup_table
+from boltzbench.reports.build import speedup_metric as choose_speedup_metric
 from boltzbench.reports.compare import Change, final_interval
 
 SCHEMA_ID = "boltzbench.report/1"
@@ -73,8 +74,6 @@ def _groups(records: list[dict[str, Any]], key: str) -> dict[str, list[dict[str,
 def systems_json(records: list[dict[str, Any]], speedup_metric: str | None,
                  target: str | float | None) -> dict[str, Any]:
     """Per system: final metrics per sampler (mean and interval over the ok seeds) and speedups."""
-    from boltzbench.reports.build import _speedup_metric  # the report's choice of metric, shared
-
     out: dict[str, Any] = {}
     for system, group in _groups(records, "system").items():
         ok = [r for r in group if r.get("status") == "ok"]
@@ -86,7 +85,7 @@ def systems_json(records: list[dict[str, Any]], speedup_metric: str | None,
                                  "failed_seeds": sorted({int(r["seed"]) for r in runs if r.get("status") != "ok"}),
                                  "metrics": {m: interval_json(final_interval(good, m)) for m in metrics}}
         entry: dict[str, Any] = {"metrics": metrics, "samplers": samplers, "speedup": None}
-        metric = _speedup_metric(ok, speedup_metric) if ok else None
+        metric = choose_speedup_metric(ok, speedup_metric) if ok else None
         if metric is not None:
             table = speedup_table(ok, metric, target)
             entry["speedup"] = {

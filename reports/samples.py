@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from boltzbench.contracts import weights_from_log
+
 OBSERVABLE_PREFIX = "observables/"
 
 
@@ -27,14 +29,6 @@ class KeptSamples:
     weights: np.ndarray
     observables: dict[str, np.ndarray] = field(default_factory=dict)
     dof: int | None = None
-
-
-def _normalized_weights(log_weights: np.ndarray | None, n: int) -> np.ndarray:
-    if log_weights is None:
-        return np.full(n, 1.0 / n)
-    log_w = np.asarray(log_weights, float).ravel()
-    w = np.exp(log_w - log_w.max())
-    return w / w.sum()
 
 
 def _shape(npz: Any, key: str) -> tuple[int, ...]:
@@ -62,4 +56,4 @@ def load_samples(record: dict[str, Any], records_dir: Path) -> tuple[KeptSamples
             dof = _shape(data, "positions")[-1] if "positions" in data.files else None
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         return None, f"{path.name}: unreadable samples ({type(exc).__name__}: {exc})"
-    return KeptSamples(energies.ravel(), _normalized_weights(log_w, n), observables, dof), None
+    return KeptSamples(energies.ravel(), np.full(n, 1.0 / n) if log_w is None else weights_from_log(log_w), observables, dof), None
