@@ -223,11 +223,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _filter_options(command: argparse.ArgumentParser, what: str) -> None:
-    for option, kind in (("--system", "system label or name"), ("--sampler", "sampler label or name"),
-                         ("--seed", "seed")):
+    for option, kind, example in (("--system", "system label or name", "a name or a glob such as 'ka*'"),
+                                  ("--sampler", "sampler label or name", "a name or a glob such as 'pt*'"),
+                                  ("--seed", "seed", "a number such as 3, or a glob such as '1*'")):
         command.add_argument(option, action="append", default=[], metavar="PATTERN",
-                             help=f"{what} whose {kind} matches PATTERN (a name or a glob such as 'md*'; "
-                                  "repeatable: any of them)")
+                             help=f"{what} whose {kind} matches PATTERN ({example}; repeatable: any of them)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -313,7 +313,7 @@ def parser() -> argparse.ArgumentParser:
     _filter_options(report, "show only the records")
     report.add_argument("--json", metavar="PATH",
                         help="also write the numbers as JSON for CI: ranking, per-system final metrics and "
-                             "speedups, changes against --baseline (schema: boltzbench/reports/report.schema.json)")
+                             "speedups, changes against --baseline (JSON Schema: reports/report.schema.json in the repository, installed as boltzbench/reports/report.schema.json)")
     report.add_argument("--all-records", action="store_true",
                         help="also show the records in the folder that are not cells of the matrix run "
                              "last (RESULTS/matrix.json), each setting as a row of its own")

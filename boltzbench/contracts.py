@@ -92,7 +92,9 @@ class CostLedger:
     """What a cell has spent so far, sampling and setup kept apart.
 
     The wall clock runs only between :meth:`start` and :meth:`stop` (the runner stops it
-    while it computes metrics, so analysis is never charged to the sampler).
+    while it computes metrics, so analysis is never charged to the sampler). A sampler run
+    outside the runner on a wall-clock budget starts the clock at its first budget check
+    (:meth:`Budget.used`), so such a budget ends there too.
     ``deadline`` (a ``time.monotonic()`` value) is the runner's per-cell timeout: once it
     has passed, every budget counts as exhausted, so samplers stop at their next check.
     """
@@ -103,6 +105,7 @@ class CostLedger:
         self.deadline: float | None = None
         self._in_setup = False
         self._since: float | None = None
+        self.clock_started = False  #: True once :meth:`start` has been called
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -113,6 +116,7 @@ class CostLedger:
         bucket.force_evals += forces
 
     def start(self) -> None:
+        self.clock_started = True
         if self._since is None:
             self._since = time.perf_counter()
 
@@ -185,8 +189,11 @@ class Budget:
                 f"must be an integer >= 1, got {self.n_snapshots!r}")
 
     def used(self, ledger: CostLedger) -> float:
-        """Fraction of the budget spent (the largest over the caps that are set)."""
+        """Fraction of the budget spent (the largest over the caps that are set). A wall-clock
+        cap starts a ledger's clock that was never started (a sampler run by hand)."""
         fractions = []
+        if self.max_wall_s is not None and not ledger.clock_started:
+            ledger.start()
         if self.max_evals is not None:
             fractions.append(ledger.total_evals / self.max_evals)
         if self.max_wall_s is not None:
@@ -230,6 +237,7 @@ class SnapshotSchedule:
 class Snapshot:
     """What a sampler has produced so far, at the target temperature.
 
+    All tensors are CPU ``torch`` tensors; positions and energies floating point and finite.
     ``positions`` has shape (T, C, dof): T draws of each of C chains (C = population size
     and T = 1 for samplers that produce independent weighted samples); ``energies`` (T, C)
     are reduced energies; ``log_weights`` (T, C) are unnormalized log importance weights,
@@ -464,7 +472,10 @@ class System(Configurable, ABC):
 
     @abstractmethod
     def sample_initial(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` starting configurations (n, dof): the same start for every sampler."""
+        """``n`` starting configurations (n, dof): the same start for every sampler.
+
+        May do charged work (the particle systems relax overlapping random starts); it
+        does so inside its own ``ledger.setup_phase()``, so the cost goes to setup."""
 
     def sample_states(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` configurations spread over the metastable ``states`` (chain i in state

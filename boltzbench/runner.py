@@ -12,6 +12,7 @@ process or hangs past its timeout fails only itself too.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import os
 import platform
@@ -20,7 +21,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +31,7 @@ import torch
 from boltzbench.contracts import Budget, Samples, Snapshot, System
 from boltzbench.matrix import Cell, CellFilter, Component, Matrix
 from boltzbench.metrics.observables import energy_histogram
-from boltzbench.registry import get_metric, get_sampler, get_system
+from boltzbench.registry import get_metric, get_sampler, get_system, registry
 from boltzbench.store import SCHEMA, Store, json_problem, to_jsonable, write_json_atomic
 
 PACKAGES = ("boltzbench", "torch", "numpy", "scipy", "pot", "openmm")
@@ -38,6 +39,25 @@ PACKAGES = ("boltzbench", "torch", "numpy", "scipy", "pot", "openmm")
 
 class NonFiniteEnergy(RuntimeError):
     """A sampler produced NaN or infinite energies or positions, or NaN or +inf log-weights."""
+
+
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    return packages_distributions()
+
+
+def component_origin(kind: str, name: str) -> dict[str, Any]:
+    """Where a system's or sampler's class comes from: its module, and the installed
+    distribution that provides it with its version (None for a module found on PYTHONPATH
+    or in the working folder). A plugin's version thus travels with every record."""
+    try:
+        module = registry(kind).load(name).__module__
+    except Exception as exc:  # a plugin that no longer imports: say so, keep the record
+        return {"module": None, "error": f"{type(exc).__name__}: {exc}"}
+    top = module.split(".")[0]
+    dists = _distributions().get(top, [])
+    dist = dists[0] if dists else None
+    return {"module": module, "distribution": dist, "version": version(dist) if dist else None}
 
 
 def environment(device: str = "cpu") -> dict[str, Any]:
@@ -153,7 +173,9 @@ def _record(cell: Cell, matrix: dict[str, Any] | None, *, status: str, error: st
         "reference": reference if reference is None or isinstance(reference, dict)
         else {"exact": reference.exact, "provenance": reference.provenance,
               "energy_histogram": energy_histogram(reference.energies)},
-        "env": environment(cell.sampler.params.get("device") or cell.system.params.get("device") or "cpu"),
+        "env": {**environment(cell.sampler.params.get("device") or cell.system.params.get("device") or "cpu"),
+                "components": {"system": component_origin("systems", cell.system.name),
+                               "sampler": component_origin("samplers", cell.sampler.name)}},
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -248,6 +248,10 @@ def check_snapshot_contract(sampler: Sampler, max_evals: float = 20_000, system:
             f"{where}: cost must be ledger.as_dict() with keys {COST_KEYS}, got {sorted(snap.cost)}"
         assert snap.cost["total_evals"] >= previous, f"{where}: cost went down"
         previous = snap.cost["total_evals"]
+        for field in ("positions", "energies"):
+            bad = int((~torch.isfinite(getattr(snap, field))).sum())
+            assert bad == 0, (f"{where}: {bad} non-finite {field} (NaN or ±inf): the sampler diverged "
+                              f"(a step too large, or a move with no acceptance test?)")
         recomputed = system._energy(snap.positions.reshape(-1, system.dof)).reshape(snap.energies.shape)
         assert torch.allclose(recomputed, snap.energies.to(recomputed.dtype), rtol=1e-5, atol=1e-6), \
             f"{where}: energies are not u(positions) at the target temperature"

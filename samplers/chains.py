@@ -53,8 +53,8 @@ class ChainTrace:
                                f"the first is kept at step thin = {self.thin}. If the budget ran out, raise it "
                                "or lower thin; a sampler asks for a snapshot only once `trace.ready`")
         return Snapshot(
-            positions=torch.stack(self._positions),
-            energies=torch.stack(self._energies),
+            positions=torch.stack(self._positions).cpu(),  # records live on the host
+            energies=torch.stack(self._energies).cpu(),
             log_weights=None,
             cost=ledger.as_dict(),
             diagnostics={"steps": self.steps, **diagnostics},

@@ -584,7 +584,10 @@ def test_setup_is_charged_and_bounded_by_train_fraction():
     (dict(mode="chains"), "mode"), (dict(base="uniform"), "base"), (dict(base_temperature=1.0), "base_temperature"),
     (dict(train_fraction=1.0), "train_fraction"), (dict(n_layers=1), "n_layers"), (dict(p_local=1.5), "p_local"),
     (dict(data_sampler="none"), "data_sampler"), (dict(precision="half"), "precision"), (dict(device="tpu"), "device"),
-    (dict(reuse_dir="flows"), "train_seed"),
+    (dict(reuse_dir="flows"), "train_seed"), (dict(architecture="egnn"), "architecture"),
+    (dict(architecture="equivariant_flow_matching", base="thermal"), "base"),
+    (dict(architecture="equivariant_flow_matching", data_sampler="none", ml_weight=0.0), "data_sampler"),
+    (dict(ode_tol=0.0), "ode_tol"),
 ])
 def test_bad_parameters_name_the_field(params, field):
     with pytest.raises(ParameterError) as info:
@@ -596,6 +599,26 @@ def test_torus_coordinates_need_a_box():
     sampler = FlowSampler(coordinates="torus", data_steps=100, train_steps=5)
     with pytest.raises(RuntimeError, match="no box"):
         run(sampler, boltzbench.get_system("double_well"), Budget(max_evals=100_000))
+
+
+def test_a_particle_architecture_on_the_wrong_system_says_what_it_needs():
+    for architecture, system, needs in (("periodic_equivariant", "double_well", "particle system"),
+                                        ("periodic_equivariant", "dw4", "periodic"),
+                                        ("equivariant_flow_matching", "ka2d", "cluster")):
+        sampler = FlowSampler(architecture=architecture, data_steps=100, train_steps=5)
+        with pytest.raises(RuntimeError, match=needs):
+            run(sampler, boltzbench.get_system(system), Budget(max_evals=100_000))
+
+
+def test_a_device_generator_is_the_cells_own_on_its_device_and_seeded_from_it_elsewhere():
+    from boltzbench.samplers.flows.sampler import device_generator
+    gen = torch.Generator().manual_seed(3)
+    assert device_generator(gen, torch.device("cpu")) is gen
+    if torch.cuda.is_available():
+        a = device_generator(torch.Generator().manual_seed(3), torch.device("cuda"))
+        b = device_generator(torch.Generator().manual_seed(3), torch.device("cuda"))
+        assert a.device.type == "cuda" and torch.equal(torch.rand(4, generator=a, device="cuda"),
+                                                       torch.rand(4, generator=b, device="cuda"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when CUDA is absent")

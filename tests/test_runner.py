@@ -53,6 +53,17 @@ def test_record_has_the_design_keys_and_a_curve(sampler):
     json.dumps(record, allow_nan=False)
 
 
+def test_a_record_names_the_distribution_and_version_of_its_plugin():
+    from importlib.metadata import version
+    pytest.importorskip("boltzbench_mala", reason="the example plugin (examples/plugin-sampler) is not installed")
+    record = run_cell(make_cell("double_well", "mala", budget=SMALL, sampler_params={"n_chains": 16})).record
+    components = record["env"]["components"]
+    assert components["sampler"] == {"module": "boltzbench_mala", "distribution": "boltzbench-mala",
+                                     "version": version("boltzbench-mala")}
+    assert components["system"]["distribution"] == "boltzbench"
+    assert components["system"]["module"] == "boltzbench.systems.double_well"
+
+
 def test_same_cell_same_seed_identical_numbers_different_seed_different():
     def record(seed):
         return run_cell(make_cell("double_well", "mc", seed=seed, budget=SMALL, sampler_params={"n_chains": 16})).record

@@ -118,3 +118,15 @@ def test_mc_acceptance_probability_is_metropolis():
         expected = np.exp(-du[inside]).mean()
         se = np.sqrt(expected * (1 - expected) / inside.sum())
         assert abs(accept[inside].mean() - expected) < 4.5 * se, (lo, hi)
+
+
+def test_a_wall_clock_budget_ends_a_sampler_run_by_hand():
+    """Outside the runner nobody starts the ledger's clock; the first budget check does, so a
+    wall-clock budget ends (before the fix the clock stayed at 0 s: the loop ended only by
+    the evaluation cap, here a backstop, with total_wall_s = 0)."""
+    system = get_system("double_well")
+    snapshots = list(get_sampler("mc", n_chains=8, thin=1).run(system, Budget(max_wall_s=0.3, max_evals=400_000,
+                                                                                  n_snapshots=2),
+                                                                torch.Generator().manual_seed(0)))
+    assert snapshots and snapshots[-1].cost["total_wall_s"] >= 0.3
+    assert snapshots[-1].cost["total_evals"] < 400_000

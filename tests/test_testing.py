@@ -195,3 +195,10 @@ def test_kit_catches_wrong_stationary_distribution():
 def test_kit_catches_energies_that_do_not_match_positions():
     with pytest.raises(AssertionError, match="not u\\(positions\\)"):
         check_snapshot_contract(WrongEnergies(n_chains=16))
+
+
+def test_kit_says_non_finite_when_a_sampler_diverges():
+    """A diverged chain (MD with a huge time step) is named as such, not as an energy mismatch."""
+    from boltzbench.samplers.md import LangevinMD
+    with pytest.raises(AssertionError, match="non-finite positions"):
+        check_snapshot_contract(LangevinMD(dt=5.0, n_chains=16, thin=1))

@@ -2,6 +2,10 @@
 
 layers.py       RealNVP affine couplings, circular-spline couplings on the torus, fixed
                 coordinate layers (standardization, periodic box, internal coordinates)
+periodic_equivariant.py
+                permutation-equivariant coupling flow on the torus for periodic particle systems
+flow_matching.py
+                E(n)-equivariant continuous flow (EGNN vector field) trained by flow matching, for clusters
 base.py         Gaussian and thermal (high-temperature Boltzmann) base distributions
 model.py        the generator: coordinates ∘ couplings ∘ base, log-densities, energy surrogates
 train.py        maximum likelihood + energy-based KL with a schedule, Adam, clipping, early stopping

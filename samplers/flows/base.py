@@ -46,13 +46,19 @@ class GaussianBase:
         self.periodic = periodic.bool().cpu()
         self.defensive, self.defensive_scale = float(defensive), float(defensive_scale)
 
+    def with_defensive(self, defensive: float, defensive_scale: float) -> "GaussianBase":
+        """The same base with the defensive mixture (α, τ) (sampling proposal)."""
+        return type(self)(self.periodic, defensive, defensive_scale)
+
     def sample(self, n: int, generator: torch.Generator, dtype=torch.float32) -> torch.Tensor:
-        z = torch.randn(n, len(self.periodic), generator=generator, dtype=dtype)
-        uniform = (torch.rand(n, len(self.periodic), generator=generator, dtype=dtype) * 2.0 - 1.0) * math.pi
+        """(n, D) latent draws on the generator's device."""
+        shape, device = (n, len(self.periodic)), generator.device
+        z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        uniform = (torch.rand(shape, generator=generator, dtype=dtype, device=device) * 2.0 - 1.0) * math.pi
         if self.defensive > 0:
-            wide = torch.rand(n, 1, generator=generator, dtype=dtype) < self.defensive
+            wide = torch.rand(n, 1, generator=generator, dtype=dtype, device=device) < self.defensive
             z = torch.where(wide, self.defensive_scale * z, z)
-        return torch.where(self.periodic, uniform, z)
+        return torch.where(self.periodic.to(device), uniform, z)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         periodic = self.periodic.to(z.device)

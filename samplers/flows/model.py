@@ -16,6 +16,16 @@ statistics), "torus" (positions in a periodic box ↔ angles, every entry period
 :class:`~boltzbench.samplers.flows.layers.InternalCoordinates` for the reduced density).
 
 The importance weight of a sample is log w(x) = −u(x) − log q(x) (up to a constant).
+
+T depends on the architecture (``spec["architecture"]``, :data:`ARCHITECTURES`):
+
+* ``"mlp"`` — couplings whose conditioners are MLPs over all coordinates (RealNVP affine
+  layers on real entries, circular splines on angles; :mod:`.layers`);
+* ``"periodic_equivariant"`` — permutation-equivariant coupling flow on the torus for
+  periodic particle systems (:mod:`.periodic_equivariant`; Wirnsberger et al. 2020, 2022);
+* ``"equivariant_flow_matching"`` — a continuous flow with an E(n)-equivariant vector field
+  trained by flow matching, for clusters, with a mean-free Gaussian base and no fixed
+  layers (:mod:`.flow_matching`; Klein, Krämer & Noé, NeurIPS 2023).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from boltzbench.samplers.flows.layers import (BondAngleDomain, Coupling, FlowCha
                                               TorusScale, alternating_masks)
 
 COORDINATES = ("cartesian", "torus", "internal")
+ARCHITECTURES = ("mlp", "periodic_equivariant", "equivariant_flow_matching")
 
 
 def feature_layout(spec: dict[str, Any]) -> tuple[int, torch.Tensor]:
@@ -59,14 +70,14 @@ class BoltzmannGenerator(nn.Module):
         self.spec = dict(spec)
         dim, periodic = feature_layout(spec)
         self.register_buffer("periodic", periodic)
-        masks = alternating_masks(dim, spec["n_layers"])
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        self.couplings = FlowChain([Coupling(m, periodic, spec["hidden"], spec["n_hidden"], spec["n_bins"],
-                                             generator=generator) for m in masks])
+        self.couplings = trained_layers(spec, periodic, generator)
         mean = torch.zeros(dim) if mean is None else mean.detach().double().cpu()
         std = torch.ones(dim) if std is None else std.detach().double().cpu()
         mean, std = torch.where(periodic, 0.0, mean), torch.where(periodic, 1.0, std)
-        if spec["coordinates"] == "cartesian":
+        if spec.get("architecture") == "equivariant_flow_matching":
+            prep = []  # the vector field acts on positions directly (equivariance)
+        elif spec["coordinates"] == "cartesian":
             prep = [Standardize(mean, std)]
         elif spec["coordinates"] == "torus":
             prep = [TorusScale(torch.as_tensor(spec["box"], dtype=torch.float64))]
@@ -74,7 +85,7 @@ class BoltzmannGenerator(nn.Module):
             internal = InternalCoordinates(spec["zmatrix"])
             prep = [Standardize(mean, std), BondAngleDomain(internal.n_bonds, internal.n_angles), internal]
         self.prep = FlowChain(prep)
-        self.base: GaussianBase | ThermalBase = GaussianBase(periodic)
+        self.base: GaussianBase | ThermalBase = latent_base(spec, periodic)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -112,7 +123,7 @@ class BoltzmannGenerator(nn.Module):
     def draw_base(self, n: int, generator: torch.Generator):
         """A fresh base batch: latent y (Gaussian) or (x₀, u₀) (thermal; chains advance)."""
         if isinstance(self.base, GaussianBase):
-            return self.base.sample(n, generator, self.dtype).to(self.device)
+            return self.base.sample(n, generator, self.dtype).to(self.device)  # no copy if on the device
         return self.base.draw(n, generator)
 
     def push_base(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,6 +145,30 @@ class BoltzmannGenerator(nn.Module):
             return self.base.log_prob(y) + ld
         x0, ld0 = self.prep(y)  # y = T⁻¹(P⁻¹(x)) = P⁻¹(x₀)
         return self.base.log_prob_unnormalized(base_energy(x0)) + ld + ld0
+
+
+def trained_layers(spec: dict[str, Any], periodic: torch.Tensor, generator: torch.Generator) -> nn.Module:
+    """The trained map T of ``spec["architecture"]`` (default "mlp"): a module with
+    ``forward(y) -> (x, log|det ∂x/∂y|)`` and ``inverse(x) -> (y, log|det ∂y/∂x|)`` on (B, D)."""
+    architecture = spec.get("architecture", "mlp")
+    if architecture == "periodic_equivariant":
+        from boltzbench.samplers.flows.periodic_equivariant import build_couplings
+        return build_couplings(spec, generator)
+    if architecture == "equivariant_flow_matching":
+        from boltzbench.samplers.flows.flow_matching import EquivariantCNF
+        return EquivariantCNF(spec, generator)
+    masks = alternating_masks(len(periodic), spec["n_layers"])
+    return FlowChain([Coupling(m, periodic, spec["hidden"], spec["n_hidden"], spec["n_bins"],
+                               generator=generator) for m in masks])
+
+
+def latent_base(spec: dict[str, Any], periodic: torch.Tensor) -> GaussianBase:
+    """The latent density of ``spec``: N(0, I) / uniform angles, or, for equivariant flow
+    matching, the mean-free Gaussian (centre of mass removed)."""
+    if spec.get("architecture") == "equivariant_flow_matching":
+        from boltzbench.samplers.flows.flow_matching import MeanFreeGaussianBase
+        return MeanFreeGaussianBase(spec["n_particles"], spec["spatial_dim"])
+    return GaussianBase(periodic)
 
 
 def system_device(system: System) -> torch.device:

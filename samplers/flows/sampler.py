@@ -73,7 +73,7 @@ from boltzbench.registry import get_sampler, registry
 from boltzbench.samplers.chains import ChainTrace
 from boltzbench.samplers.flows.base import GaussianBase, ThermalBase
 from boltzbench.samplers.flows.layers import zmatrix_from_bonds
-from boltzbench.samplers.flows.model import COORDINATES, BoltzmannGenerator, energy
+from boltzbench.samplers.flows.model import ARCHITECTURES, COORDINATES, BoltzmannGenerator, energy, system_device
 from boltzbench.samplers.flows.persistence import FORMAT, cache_key, load_flow, save_flow
 from boltzbench.samplers.flows.train import TrainSettings, train
 from boltzbench.samplers.mc import metropolis_step
@@ -94,6 +94,15 @@ def kish(log_w: torch.Tensor) -> float:
     return float(w.sum() ** 2 / (w * w).sum())
 
 
+def device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """``generator`` itself on its own device; else a generator on ``device`` seeded from it
+    (so draws stay reproducible from the cell's seed and need no host-device copy)."""
+    if torch.device(device).type == generator.device.type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def bond_graph(system: System) -> list[tuple[int, int]] | None:
     """Bonds of a molecular system: ``system.bonds`` if it has them, else the harmonic bonds
     of its OpenMM twin; None for systems without either (no internal coordinates)."""
@@ -111,6 +120,25 @@ def bond_graph(system: System) -> list[tuple[int, int]] | None:
     return pairs or None
 
 
+def particle_spec(system: System, architecture: str, coordinates: str) -> dict[str, Any]:
+    """What a particle architecture needs to know of the system: N, the spatial dimension,
+    each particle's species and diameter (JSON lists). Raises a clear error for a system
+    that is not a particle system, or one of the wrong kind (periodic vs cluster)."""
+    if not all(hasattr(system, a) for a in ("n_particles", "dim", "species", "diameters")):
+        raise RuntimeError(f"architecture {architecture!r} needs a particle system (n_particles, dim, species, "
+                           f"diameters); {system.name!r} is not one")
+    periodic = system.box is not None
+    if architecture == "periodic_equivariant" and not (periodic and coordinates == "torus"):
+        raise RuntimeError(f"architecture 'periodic_equivariant' needs a periodic particle system in torus "
+                           f"coordinates; {system.name!r} has box={system.box!r}, coordinates={coordinates!r}")
+    if architecture == "equivariant_flow_matching" and (periodic or coordinates != "cartesian"):
+        raise RuntimeError(f"architecture 'equivariant_flow_matching' needs a cluster (no box) in cartesian "
+                           f"coordinates; {system.name!r} has box={system.box!r}, coordinates={coordinates!r}")
+    return {"architecture": architecture, "n_particles": int(system.n_particles), "spatial_dim": int(system.dim),
+            "species": [int(v) for v in system.species.tolist()],
+            "diameters": [float(v) for v in system.diameters.tolist()]}
+
+
 def state_balance(system: System, data: torch.Tensor) -> tuple[torch.Tensor, dict[str, int]]:
     """Weights 1/(count of its state) per configuration, so each state present in ``data``
     (and the unlabelled ones, state −1, as one more group) is drawn equally often; and the
@@ -124,7 +152,8 @@ def state_balance(system: System, data: torch.Tensor) -> tuple[torch.Tensor, dic
 
 @dataclass
 class FlowSampler(Sampler):
-    """Normalizing-flow Boltzmann generator (RealNVP / circular splines / internal coordinates)."""
+    """Normalizing-flow Boltzmann generator (RealNVP / circular splines / internal coordinates,
+    permutation-equivariant couplings on the torus, equivariant flow matching)."""
 
     name: ClassVar[str] = "flow"
     description: ClassVar[str] = ("normalizing-flow Boltzmann generator: Gaussian or thermal base, ML+KL "
@@ -139,11 +168,17 @@ class FlowSampler(Sampler):
     base_stride: int = param(10, "thermal base: steps of each chain between two draws")
     base_warmup: int = param(500, "thermal base: warm-up steps of every chain (setup)")
     base_pool: int = param(10_000, "thermal base: configurations drawn for training (setup)")
+    architecture: str = param("mlp", "'mlp' (couplings with MLP conditioners), 'periodic_equivariant' "
+                                     "(periodic particle systems: permutation-equivariant couplings on the "
+                                     "torus) or 'equivariant_flow_matching' (clusters: E(n)-equivariant "
+                                     "continuous flow trained by flow matching on the data; no KL term)")
     coordinates: str = param("auto", "'auto', 'cartesian', 'torus' (periodic box) or 'internal' (molecules)")
     n_layers: int = param(8, "coupling layers")
     hidden: int = param(64, "width of the conditioner networks")
     n_hidden: int = param(2, "hidden layers of each conditioner")
     n_bins: int = param(8, "bins of the circular splines (periodic coordinates)")
+    ode_tol: float = param(1e-5, "equivariant_flow_matching: relative and absolute tolerance of the "
+                                 "adaptive ODE solver (dopri5) when sampling and evaluating log q")
     data_sampler: str = param("md", "training data at the target: 'md' (BAOAB), 'mc' (Metropolis), 'none', "
                                     "or any registered sampler with unweighted chains, e.g. 'pt'")
     data_params: dict | None = param(None, "parameters of a registered data_sampler (not 'md' or 'mc')")
@@ -184,7 +219,7 @@ class FlowSampler(Sampler):
     charge_reused_setup: bool = param(True, "charge a reused flow's original setup cost to this cell")
 
     def __post_init__(self) -> None:
-        choices = {"mode": ("reweight", "mcmc"), "base": ("gaussian", "thermal"),
+        choices = {"mode": ("reweight", "mcmc"), "base": ("gaussian", "thermal"), "architecture": ARCHITECTURES,
                    "base_sampler": ("mc", "md"), "coordinates": ("auto",) + COORDINATES,
                    "data_starts": ("initial", "states"), "precision": tuple(PRECISIONS)}
         for field, valid in choices.items():
@@ -213,7 +248,7 @@ class FlowSampler(Sampler):
         require(self.n_hidden >= 0, "n_hidden", f"must be >= 0, got {self.n_hidden}")
         require(self.n_layers >= 2, "n_layers", f"must be >= 2 so that every coordinate is transformed, got {self.n_layers}")
         require(self.base_temperature > 1.0, "base_temperature", f"must be > 1 (hotter than the target), got {self.base_temperature}")
-        for field in ("base_step", "data_step", "lr", "clip_norm", "local_step", "force_clip"):
+        for field in ("base_step", "data_step", "lr", "clip_norm", "local_step", "force_clip", "ode_tol"):
             require(getattr(self, field) > 0, field, f"must be > 0, got {getattr(self, field)}")
         for field in ("ml_weight", "kl_weight", "kl_start", "kl_ramp"):
             require(getattr(self, field) >= 0, field, f"must be >= 0, got {getattr(self, field)}")
@@ -231,6 +266,11 @@ class FlowSampler(Sampler):
         require(self.defensive_scale >= 1.0, "defensive_scale", f"must be >= 1, got {self.defensive_scale}")
         require(self.device == "cpu" or self.device.startswith("cuda"), "device",
                 f"must be 'cpu' or 'cuda[:n]', got {self.device!r}")
+        if self.architecture == "equivariant_flow_matching":
+            require(self.base == "gaussian", "base", "equivariant_flow_matching uses its mean-free Gaussian base; "
+                                                     "set base = 'gaussian'")
+            require(self.data_sampler != "none", "data_sampler",
+                    "equivariant_flow_matching trains on data: set data_sampler to 'md', 'mc' or a registered sampler")
         require(self.reuse_dir is None or self.train_seed is not None, "train_seed",
                 "reuse_dir needs a fixed train_seed (with None every seed trains its own flow)")
 
@@ -241,7 +281,9 @@ class FlowSampler(Sampler):
         bg, info = self.setup(system, budget, generator)
         bg.eval()
         if isinstance(bg.base, GaussianBase):  # sampling proposal: the defensive mixture
-            bg.base = GaussianBase(bg.base.periodic, self.defensive, self.defensive_scale)
+            bg.base = bg.base.with_defensive(self.defensive, self.defensive_scale)
+        if system_device(system) == bg.device:  # flow and energies on one device: draw there too
+            generator = device_generator(generator, bg.device)
         if self.mode == "reweight":
             yield from self._reweight(bg, system, budget, generator, info)
         else:
@@ -361,10 +403,15 @@ class FlowSampler(Sampler):
                 return "deadline"
             return None
 
-        info = train(bg, system, settings, gen, data_train=data_train, data_val=data_val,
-                     base_train=base_train, base_val=base_val, data_weights=train_weights,
-                     val_weights=val_weights, should_stop=should_stop,
-                     budget_progress=lambda: self._setup_progress(budget, ledger, started))
+        if self.architecture == "equivariant_flow_matching":  # data only: no energies, no KL
+            from boltzbench.samplers.flows.flow_matching import train_flow_matching
+            info = train_flow_matching(bg, settings, gen, data_train=data_train, data_val=data_val,
+                                       data_weights=train_weights, should_stop=should_stop)
+        else:
+            info = train(bg, system, settings, gen, data_train=data_train, data_val=data_val,
+                         base_train=base_train, base_val=base_val, data_weights=train_weights,
+                         val_weights=val_weights, should_stop=should_stop,
+                         budget_progress=lambda: self._setup_progress(budget, ledger, started))
         info = {**info, "data": data_info, "coordinates": spec["coordinates"],
                 "setup_wall_s": time.perf_counter() - started}
         if base is not None:
@@ -473,16 +520,22 @@ class FlowSampler(Sampler):
                 raise RuntimeError(f"coordinates 'internal' need a 3D molecule with a bond graph; "
                                    f"{system.name!r} has none")
             spec["zmatrix"] = zmatrix_from_bonds(system.dof // 3, bonds)
+        if self.architecture != "mlp":
+            spec.update(particle_spec(system, self.architecture, coordinates))
+            if self.architecture == "equivariant_flow_matching":
+                spec["ode_tol"] = self.ode_tol
         return spec
 
     # -------------------------------------------------------------- sampling
     def _flow_batch(self, bg: BoltzmannGenerator, system: System, n: int, gen: torch.Generator):
-        """n flow samples: positions (system dtype), u, log w (float64), finite mask."""
+        """n flow samples on the system's device (no copy when the flow is there too):
+        positions (system dtype), u, log w (float64), finite mask."""
+        device = system_device(system)
         with torch.no_grad():
             x, log_q = bg.push_base(bg.draw_base(n, gen))
-            x = x.to(dtype=system.dtype, device="cpu")
-            u = energy(system, x).cpu()
-            log_q = log_q.double().cpu()
+            x = x.to(dtype=system.dtype, device=device)
+            u = energy(system, x)
+            log_q = log_q.to(dtype=torch.float64, device=device)
         log_w = -u - log_q
         finite = torch.isfinite(log_w) & torch.isfinite(x).all(-1)
         return x, u, log_w, finite
@@ -521,7 +574,8 @@ class FlowSampler(Sampler):
                     "ess_fraction": ess / n_total,  # of every sample drawn: a dropped one has weight zero
                     "log_z": float(torch.logsumexp(log_w_all, 0) - math.log(len(energies))),
                     **self._common(bg, info)}
-                yield Snapshot(positions=positions[None], energies=energies[None], log_weights=shifted[None],
+                yield Snapshot(positions=positions[None].cpu(), energies=energies[None].cpu(),
+                               log_weights=shifted[None].cpu(),
                                cost=ledger.as_dict(), diagnostics=diagnostics)
             if exhausted:
                 if not kept:
@@ -531,7 +585,7 @@ class FlowSampler(Sampler):
     def _log_w_of(self, bg, system, x, u):
         """log w = −u − log q at given configurations (a thermal base pays for u(flow⁻¹(x)))."""
         with torch.no_grad():
-            log_q = bg.log_q(x, lambda x0: energy(system, x0).to(x0.dtype)).double().cpu()
+            log_q = bg.log_q(x, lambda x0: energy(system, x0).to(x0.dtype)).to(dtype=torch.float64, device=u.device)
         return -u - log_q
 
     def _mcmc(self, bg, system, budget, gen, info) -> Iterator[Snapshot]:
@@ -550,7 +604,7 @@ class FlowSampler(Sampler):
         flow_acc = flow_moves = local_acc = local_moves = 0.0
         n_bad = 0
         while not budget.exhausted(ledger):
-            if self.p_local > 0 and float(torch.rand((), generator=gen)) < self.p_local:
+            if self.p_local > 0 and float(torch.rand((), generator=gen, device=gen.device)) < self.p_local:
                 x, u, accept = metropolis_step(x, u, system, self.local_step, gen)
                 if accept.any():
                     log_w = torch.where(accept, self._log_w_of(bg, system, x, u), log_w)
@@ -559,7 +613,8 @@ class FlowSampler(Sampler):
             else:
                 x2, u2, lw2, f2 = self._flow_batch(bg, system, c, gen)
                 n_bad += int((~f2).sum())
-                log_uniform = torch.log(torch.rand(c, generator=gen, dtype=torch.float64))
+                log_uniform = torch.log(torch.rand(c, generator=gen, dtype=torch.float64, device=gen.device)
+                                        ).to(log_w.device)
                 accept = f2 & (log_uniform < lw2 - log_w)
                 x = torch.where(accept[:, None], x2, x)
                 u, log_w = torch.where(accept, u2, u), torch.where(accept, lw2, log_w)

@@ -16,8 +16,7 @@ from typing import ClassVar, Iterator
 
 import torch
 
-from boltzbench.contracts import Budget, Snapshot, System, param, require
-from boltzbench.samplers.chains import ChainSampler, ChainTrace
+from boltzbench import Budget, ChainSampler, ChainTrace, Snapshot, System, param, require
 
 
 def mala_step(x, u, f, system: System, h: float, generator: torch.Generator):
