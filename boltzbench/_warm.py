@@ -12,3 +12,9 @@ for _module in sorted({target.split(":")[0] for table in BUILTIN.values() for ta
         importlib.import_module(_module)
     except Exception:  # noqa: BLE001, S110 - the cell that needs it reports the error
         pass
+
+try:  # the installed distributions, read once here, not in every cell's process
+    from boltzbench.runner import _distributions
+    _distributions()
+except Exception:  # noqa: BLE001, S110
+    pass

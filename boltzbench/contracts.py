@@ -494,6 +494,17 @@ class System(Configurable, ABC):
         return load_reference(self)
 
 
+def device_of(system: System) -> torch.device:
+    """The torch device a system computes on: its ``device`` parameter, else the CPU."""
+    return torch.device(getattr(system, "device", None) or "cpu")
+
+
+def cell_generator(system: System, seed: int) -> torch.Generator:
+    """The generator a cell's sampler receives: seeded with the cell's seed, on the system's
+    device, so that draws land where the energies are computed (no host copy per step)."""
+    return torch.Generator(device=device_of(system)).manual_seed(seed)
+
+
 class Sampler(Configurable, ABC):
     """A sampling method: ``run`` yields snapshots until the budget is spent.
 

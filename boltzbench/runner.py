@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from boltzbench.contracts import Budget, Samples, Snapshot, System
+from boltzbench.contracts import Budget, Samples, Snapshot, System, cell_generator
 from boltzbench.matrix import Cell, CellFilter, Component, Matrix
 from boltzbench.metrics.observables import energy_histogram
 from boltzbench.registry import get_metric, get_sampler, get_system, registry
@@ -216,7 +216,7 @@ def run_cell(cell: Cell, *, matrix: dict[str, Any] | None = None, timeout_s: flo
             reference = system.reference()
         except LookupError as exc:  # no reference: run anyway, metrics that need one give None
             reference = {"missing": str(exc)}
-        snapshots = sampler.run(system, cell.budget, torch.Generator().manual_seed(cell.seed))
+        snapshots = sampler.run(system, cell.budget, cell_generator(system, cell.seed))
         while True:
             ledger.start()
             try:

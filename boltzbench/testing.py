@@ -54,7 +54,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
-from boltzbench.contracts import Budget, ParameterError, Sampler, Snapshot, System, param
+from boltzbench.contracts import Budget, ParameterError, Sampler, Snapshot, System, cell_generator, param
 from boltzbench.systems.double_well import DoubleWell
 from boltzbench.systems.particles import (R_MIN_FRACTION, PairTable, ParticleSystem, device_param, lennard_jones,
                                           minimum_image, precision_param)
@@ -217,7 +217,7 @@ class SamplerRefused(AssertionError):
 
 def _run(sampler: Sampler, system: System, budget: Budget, seed: int) -> list[Snapshot]:
     try:
-        snapshots = list(copy.deepcopy(sampler).run(system, budget, torch.Generator().manual_seed(seed)))
+        snapshots = list(copy.deepcopy(sampler).run(system, budget, cell_generator(system, seed)))
     except (ParameterError, TypeError) as err:
         if system.ledger.total_evals == 0:
             raise SamplerRefused(f"{sampler.name}: refused the kit system {system.name!r} "

@@ -76,7 +76,7 @@ class LangevinMD(ChainSampler):
             return
         ledger, schedule, trace = system.ledger, budget.schedule(), ChainTrace(self.thin)
         x = system.sample_initial(self.n_chains, generator)
-        v = torch.randn(x.shape, generator=generator, dtype=x.dtype) / math.sqrt(self.mass)
+        v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) / math.sqrt(self.mass)
         u, f = system.energy_and_forces(x)
         kinetic = torch.zeros((), dtype=x.dtype)
         while not budget.exhausted(ledger):

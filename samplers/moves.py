@@ -175,7 +175,7 @@ class LangevinMove(Move):
         if walkers.forces is None:
             walkers.u, walkers.forces = system.energy_and_forces(walkers.x)
         if walkers.velocities is None:
-            noise = torch.randn(walkers.x.shape, generator=generator, dtype=walkers.x.dtype)
+            noise = torch.randn(walkers.x.shape, generator=generator, dtype=walkers.x.dtype, device=walkers.x.device)
             walkers.velocities = noise / torch.sqrt(self.mass * walkers.beta)[:, None]
         walkers.x, walkers.velocities, walkers.u, walkers.forces = baoab_step(
             walkers.x, walkers.velocities, walkers.forces, system, self.dt, self.friction, self.mass,
@@ -210,7 +210,7 @@ class Mixture(Move):
         self.weights = torch.tensor(weights, dtype=torch.float64)
 
     def __call__(self, walkers: Walkers, system: System, generator: torch.Generator) -> None:
-        which = int(torch.multinomial(self.weights, 1, generator=generator))
+        which = int(torch.multinomial(self.weights.to(generator.device), 1, generator=generator))
         self.moves[which](walkers, system, generator)
 
     def leaves(self) -> list[Move]:
@@ -260,9 +260,11 @@ class ParticleDisplacementMove(SteppedMove):
         b, n, d = len(walkers), system.n_particles, system.dim
         self.ensure_steps(b)
         x, u, dtype = walkers.x.clone(), walkers.u.clone(), walkers.x.dtype
-        index = torch.randint(0, n, (n, b), generator=generator)
-        delta = (2 * torch.rand((n, b, d), generator=generator, dtype=dtype) - 1) * self.step.to(dtype)[:, None]
-        log_uniform = torch.log(torch.rand((n, b), generator=generator, dtype=u.dtype))
+        device = x.device
+        index = torch.randint(0, n, (n, b), generator=generator, device=device)
+        delta = ((2 * torch.rand((n, b, d), generator=generator, dtype=dtype, device=device) - 1)
+                 * self.step.to(dtype=dtype, device=device)[:, None])
+        log_uniform = torch.log(torch.rand((n, b), generator=generator, dtype=u.dtype, device=device))
         box = system.box
         for t in range(n):
             self.record(displacement_attempt(x, u, walkers.beta, system, index[t], delta[t], log_uniform[t], box))
@@ -403,12 +405,14 @@ def draw_sweep(n_particles: int, dim: int, step: torch.Tensor, p_swap: float,
     """All random numbers of one sweep (N attempts) of B = len(step) walkers, in a fixed order."""
     a, b = n_particles, step.shape[0]
     f64 = torch.float64
-    swap = torch.rand((a, b), generator=generator, dtype=f64) < p_swap
-    i = torch.randint(0, n_particles, (a, b), generator=generator)
-    j = torch.randint(0, n_particles - 1, (a, b), generator=generator)
+    device = generator.device  # the system's device (the runner's generator lives there)
+    swap = torch.rand((a, b), generator=generator, dtype=f64, device=device) < p_swap
+    i = torch.randint(0, n_particles, (a, b), generator=generator, device=device)
+    j = torch.randint(0, n_particles - 1, (a, b), generator=generator, device=device)
     j = j + (j >= i).long()                      # uniform over the N − 1 particles ≠ i
-    delta = (2 * torch.rand((a, b, dim), generator=generator, dtype=f64) - 1) * step.to(f64)[:, None]
-    log_uniform = torch.log(torch.rand((a, b), generator=generator, dtype=f64))
+    delta = ((2 * torch.rand((a, b, dim), generator=generator, dtype=f64, device=device) - 1)
+             * step.to(dtype=f64, device=device)[:, None])
+    log_uniform = torch.log(torch.rand((a, b), generator=generator, dtype=f64, device=device))
     return SweepRandoms(swap, i, j, delta, log_uniform)
 
 

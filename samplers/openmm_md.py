@@ -16,9 +16,11 @@ constraints). Positions come back as x = x_nm / ``nm_per_unit`` and energies as
 u = U_kJ/mol / ``kj_per_mol_per_kt``, the system's own units.
 
 Chains: one Context per chain (fine for tens of chains), on OpenMM's Reference platform for
-systems of fewer than ``SMALL_SYSTEM`` particles (for 22-atom alanine dipeptide it steps
-several times faster than the CPU platform, whose per-step overhead dominates at that size)
-and on the CPU platform with one thread otherwise; ``platform=`` overrides. Integrator seeded with a value drawn from the torch generator (never 0,
+non-periodic systems of fewer than ``SMALL_SYSTEM`` particles (for 22-atom alanine dipeptide
+it steps several times faster than the CPU platform, whose per-step overhead dominates at
+that size; for the LJ-13 twin 19×) and on the CPU platform with one thread otherwise (a
+periodic liquid's CustomNonbondedForce steps 3× faster there already at N = 70, soft
+spheres); ``platform=`` overrides. Integrator seeded with a value drawn from the torch generator (never 0,
 which OpenMM reads as "pick a random seed"), velocities drawn from Maxwell–Boltzmann with a
 second drawn seed. The contexts advance ``thin`` steps at a time; after each block the
 positions and energies of every chain are read, kept as one thinned sample, and the ledger
@@ -48,8 +50,9 @@ SMALL_SYSTEM = 100
 
 
 def default_platform(omm_system) -> str:
-    """'Reference' for systems of fewer than SMALL_SYSTEM particles, else 'CPU'."""
-    return "Reference" if omm_system.getNumParticles() < SMALL_SYSTEM else "CPU"
+    """'Reference' for non-periodic systems of fewer than SMALL_SYSTEM particles, else 'CPU'."""
+    small = omm_system.getNumParticles() < SMALL_SYSTEM
+    return "Reference" if small and not omm_system.usesPeriodicBoundaryConditions() else "CPU"
 
 
 def thermal_dof(omm_system) -> int:

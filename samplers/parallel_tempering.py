@@ -87,7 +87,7 @@ def swap_proposals(n_chains: int, n_replicas: int, round_index: int, scheme: str
     if scheme == "deo":
         parity = torch.full((n_chains, 1), round_index % 2)
     else:
-        parity = torch.randint(0, 2, (n_chains, 1), generator=generator)
+        parity = torch.randint(0, 2, (n_chains, 1), generator=generator, device=generator.device).cpu()
     return (k[None, :] % 2) == parity
 
 
@@ -100,8 +100,10 @@ def exchange(u: torch.Tensor, betas: torch.Tensor, proposed: torch.Tensor,
     permutation perm (C, R) — slot r receives the configuration of slot perm[c, r] — and
     the (C, R−1) mask of accepted swaps.
     """
+    u, betas, proposed = u.cpu(), betas.cpu(), proposed.cpu()  # (C, R) bookkeeping lives on the host
     log_ratio = (betas[:-1] - betas[1:]) * (u[:, :-1] - u[:, 1:])
-    log_uniform = torch.log(torch.rand(log_ratio.shape, generator=generator, dtype=u.dtype))
+    log_uniform = torch.log(torch.rand(log_ratio.shape, generator=generator, dtype=u.dtype,
+                                       device=generator.device)).cpu()
     accepted = proposed & (log_uniform < log_ratio)
     shift = accepted.long()
     perm = torch.arange(u.shape[1]).expand_as(u).clone()

@@ -153,14 +153,15 @@ def systematic_resample(log_weights: torch.Tensor, n: int, generator: torch.Gene
     w = torch.softmax(log_weights.to(torch.float64), 0)
     cdf = torch.cumsum(w, 0)
     cdf[-1] = 1.0
-    pointers = (torch.arange(n, dtype=torch.float64) + torch.rand(1, generator=generator, dtype=torch.float64)) / n
+    offset = torch.rand(1, generator=generator, dtype=torch.float64, device=generator.device).to(w.device)
+    pointers = (torch.arange(n, dtype=torch.float64, device=w.device) + offset) / n
     return torch.searchsorted(cdf, pointers, right=True).clamp(max=len(w) - 1)
 
 
 def multinomial_resample(log_weights: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     """Indices of ``n`` replicas drawn independently with probabilities w_i/Σw."""
     w = torch.softmax(log_weights.to(torch.float64), 0)
-    return torch.multinomial(w, n, replacement=True, generator=generator)
+    return torch.multinomial(w.to(generator.device), n, replacement=True, generator=generator).to(w.device)
 
 
 RESAMPLERS = {"systematic": systematic_resample, "multinomial": multinomial_resample}

@@ -85,7 +85,8 @@ class DoubleWell4(ParticleSystem):
 
     def _initial_positions(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Gaussian positions, standard deviation d0/2 per coordinate, centre of mass at 0."""
-        x = 0.5 * self.d0 * torch.randn(n, self.n_particles, self.dim, generator=generator, dtype=torch.float64)
+        x = 0.5 * self.d0 * torch.randn(n, self.n_particles, self.dim, generator=generator, dtype=torch.float64,
+                                        device=generator.device)
         return x - x.mean(1, keepdim=True)
 
 
@@ -146,8 +147,10 @@ class LennardJones13(ParticleSystem):
     def _initial_positions(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Uniform positions in a ball of radius 1.2·r_m around the origin (about the size of the
         13-particle icosahedron, whose shell sits at ≈ 0.96·r_m), relaxed afterwards."""
-        direction = torch.randn(n, self.n_particles, self.dim, generator=generator, dtype=torch.float64)
+        direction = torch.randn(n, self.n_particles, self.dim, generator=generator, dtype=torch.float64,
+                                device=generator.device)
         direction = direction / direction.norm(dim=-1, keepdim=True)
-        radius = 1.2 * self.rm * torch.rand(n, self.n_particles, 1, generator=generator, dtype=torch.float64) ** (1 / 3)
+        radius = 1.2 * self.rm * torch.rand(n, self.n_particles, 1, generator=generator, dtype=torch.float64,
+                                            device=generator.device) ** (1 / 3)
         x = direction * radius
         return x - x.mean(1, keepdim=True)

@@ -568,10 +568,10 @@ class ParticleSystem(System):
         spacing = edges / m
         out = torch.empty(n, self.n_particles, self.dim, dtype=torch.float64)
         for b in range(n):
-            sites = torch.randperm(grid.shape[0], generator=generator)[: self.n_particles]
+            sites = torch.randperm(grid.shape[0], generator=generator, device=generator.device)[: self.n_particles].cpu()
             out[b] = (grid[sites] + 0.5) * spacing
-        noise = torch.randn(out.shape, generator=generator, dtype=torch.float64)
-        return out + 0.1 * spacing * noise
+        noise = torch.randn(out.shape, generator=generator, dtype=torch.float64, device=generator.device)
+        return out.to(noise.device) + 0.1 * spacing.to(noise.device) * noise
 
     def openmm_twin(self) -> OpenMMTwin:
         from boltzbench.systems.openmm_twins import openmm_twin

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from boltzbench.contracts import Budget, Reference, System
+from boltzbench.contracts import Budget, Reference, System, cell_generator
 from boltzbench.store import to_jsonable, write_json_atomic, write_npz_atomic
 
 PACKAGED = Path(__file__).parent / "references"
@@ -202,7 +202,7 @@ def build_reference(system: System, seed: int = 0, out: Path | None = None,
     with tqdm(total=1.0, disable=not progress, desc=f"reference {system.name}",
               bar_format="{l_bar}{bar}| {n:.0%} [{elapsed}<{remaining}]") as bar:
         system.ledger.start()
-        for snapshot in sampler.run(system, budget, torch.Generator().manual_seed(seed)):
+        for snapshot in sampler.run(system, budget, cell_generator(system, seed)):
             bar.update(min(budget.used(system.ledger), 1.0) - bar.n)
         system.ledger.stop()
     if snapshot is None or not torch.isfinite(snapshot.energies).all():

@@ -94,7 +94,8 @@ class ThermalBase:
         self.x = x_init.clone()
         if kind == "md":
             self.u, self.f = system.energy_and_forces(self.x)
-            self.v = torch.randn(self.x.shape, generator=generator, dtype=self.x.dtype) / math.sqrt(self.beta)
+            self.v = torch.randn(self.x.shape, generator=generator, dtype=self.x.dtype,
+                                 device=self.x.device) / math.sqrt(self.beta)
         else:
             self.u, self.f, self.v = system.energy(self.x), None, None
         self.accepted = 0.0

@@ -1,9 +1,10 @@
 """Throughput of the flow sampler: training step time and sampling rate.
 
     python -m boltzbench.samplers.flows.bench [--system double_well] [--threads 2] [--device cpu]
+                                              [--architecture mlp]
 
-Times, for the default architecture (8 couplings, width 64, 2 hidden layers) on the given
-system, with batch 256: one ML step (no energy), one KL step (energy and forces of 256
+Times, for an architecture at its default size (``mlp``: 8 couplings, width 64, 2 hidden
+layers) on the given system (on the flow's device when it has a ``device`` parameter), with batch 256: one ML step (no energy), one KL step (energy and forces of 256
 configurations), one ML+KL step; and the sampling rate of the flow alone and with the
 energies (what the ``reweight`` mode does). Prints a Markdown table. Data are random
 configurations around ``system.sample_initial`` (timing only: no training quality).
@@ -17,6 +18,8 @@ import time
 import torch
 
 import boltzbench
+import boltzbench.registry
+from boltzbench.contracts import cell_generator
 from boltzbench.samplers.flows.model import BoltzmannGenerator, energy
 from boltzbench.samplers.flows.sampler import FlowSampler
 from boltzbench.samplers.flows.train import TrainSettings, kl_terms, nll_terms
@@ -38,11 +41,14 @@ def _time(fn, repeats: int, device: str) -> float:
 
 
 def measure(system_name: str = "double_well", device: str = "cpu", precision: str = "float32",
-            batch: int = 256, sample_batch: int = 4096, repeats: int = 20) -> dict[str, float]:
-    system = boltzbench.get_system(system_name)
-    sampler = FlowSampler(device=device, precision=precision)
+            batch: int = 256, sample_batch: int = 4096, repeats: int = 20,
+            architecture: str = "mlp") -> dict[str, float]:
+    system_cls = boltzbench.registry.registry("systems").load(system_name)
+    on_device = {"device": device} if "device" in {f.name for f in system_cls.parameters()} else {}
+    system = boltzbench.get_system(system_name, **on_device)
+    sampler = FlowSampler(device=device, precision=precision, architecture=architecture)
     spec = sampler._spec(system)
-    gen = torch.Generator().manual_seed(0)
+    gen = cell_generator(system, 0)
     x0 = system.sample_initial(1024, gen)
     bg = BoltzmannGenerator(spec).to(dtype=torch.float64)
     feats = bg.features(x0)
@@ -56,7 +62,7 @@ def measure(system_name: str = "double_well", device: str = "cpu", precision: st
         def run():
             loss = 0.0
             if ml:
-                idx = torch.randint(len(data), (batch,), generator=gen).to(device)
+                idx = torch.randint(len(data), (batch,), generator=gen, device=gen.device).to(device)
                 loss = loss + nll_terms(bg, system, data[idx], s.force_clip)[0].mean()
             if kl:
                 loss = loss + kl_terms(bg, system, bg.draw_base(batch, gen), s.force_clip)[0].mean()
@@ -73,7 +79,7 @@ def measure(system_name: str = "double_well", device: str = "cpu", precision: st
     def sample_with_energy():
         with torch.no_grad():
             x, _ = bg.push_base(bg.draw_base(sample_batch, gen))
-            energy(system, x.to(dtype=system.dtype, device="cpu"))
+            energy(system, x)  # on the system's device
 
     few = max(2, repeats // 4)
     return {
@@ -82,7 +88,7 @@ def measure(system_name: str = "double_well", device: str = "cpu", precision: st
         "ml_kl_step_ms": 1e3 * _time(step(True, True), repeats, device),
         "flow_samples_per_s": sample_batch / _time(sample_only, few, device),
         "samples_with_energy_per_s": sample_batch / _time(sample_with_energy, few, device),
-        "energy_force_evals_per_s": batch / _time(lambda: system.energy_and_forces(x0[:batch]), few, "cpu"),
+        "energy_force_evals_per_s": batch / _time(lambda: system.energy_and_forces(x0[:batch]), few, device),
     }
 
 
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--architecture", default="mlp")
     args = parser.parse_args(argv)
     keys = ["ml_step_ms", "kl_step_ms", "ml_kl_step_ms", "flow_samples_per_s", "samples_with_energy_per_s",
             "energy_force_evals_per_s"]
@@ -100,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|" + "---|" * (len(keys) + 3))
     for threads in args.threads:
         torch.set_num_threads(threads)
-        r = measure(args.system, args.device, args.precision, repeats=args.repeats)
+        r = measure(args.system, args.device, args.precision, repeats=args.repeats, architecture=args.architecture)
         print(f"| {args.system} | {args.device} | {threads} | " + " | ".join(f"{r[k]:.4g}" for k in keys) + " |")
 
 

@@ -76,8 +76,9 @@ def linear(n_in: int, n_out: int, generator: torch.Generator | None) -> nn.Linea
             layer.bias.zero_()
         else:
             bound = 1.0 / math.sqrt(n_in)
-            layer.weight.copy_((2 * torch.rand(layer.weight.shape, generator=generator) - 1) * bound)
-            layer.bias.copy_((2 * torch.rand(layer.bias.shape, generator=generator) - 1) * bound)
+            device = generator.device
+            layer.weight.copy_((2 * torch.rand(layer.weight.shape, generator=generator, device=device) - 1) * bound)
+            layer.bias.copy_((2 * torch.rand(layer.bias.shape, generator=generator, device=device) - 1) * bound)
     return layer
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from boltzbench.contracts import System
+from boltzbench.contracts import System, device_of
 from boltzbench.samplers.flows.base import GaussianBase, ThermalBase
 from boltzbench.samplers.flows.layers import (BondAngleDomain, Coupling, FlowChain, InternalCoordinates, Standardize,
                                               TorusScale, alternating_masks)
@@ -171,8 +171,7 @@ def latent_base(spec: dict[str, Any], periodic: torch.Tensor) -> GaussianBase:
     return GaussianBase(periodic)
 
 
-def system_device(system: System) -> torch.device:
-    return torch.device(getattr(system, "device", "cpu") or "cpu")
+system_device = device_of
 
 
 def energy(system: System, x: torch.Tensor) -> torch.Tensor:

@@ -68,7 +68,7 @@ from typing import Any, ClassVar, Iterator
 
 import torch
 
-from boltzbench.contracts import Budget, ParameterError, Snapshot, System, param, require
+from boltzbench.contracts import Budget, ParameterError, Sampler, Snapshot, System, cell_generator, param, require
 from boltzbench.registry import get_sampler, registry
 from boltzbench.samplers.chains import ChainTrace
 from boltzbench.samplers.flows.base import GaussianBase, ThermalBase
@@ -78,7 +78,6 @@ from boltzbench.samplers.flows.persistence import FORMAT, cache_key, load_flow, 
 from boltzbench.samplers.flows.train import TrainSettings, train
 from boltzbench.samplers.mc import metropolis_step
 from boltzbench.samplers.md import baoab_step
-from boltzbench.contracts import Sampler
 
 #: parameters that only affect the sampling phase (not part of the reuse key)
 SAMPLING_ONLY = ("mode", "sample_batch", "n_chains", "thin", "p_local", "local_step", "reuse_dir",
@@ -298,7 +297,7 @@ class FlowSampler(Sampler):
     def setup(self, system: System, budget: Budget, generator: torch.Generator):
         """Data, base, training — or a cached flow — all charged to the ledger's setup."""
         ledger = system.ledger
-        train_gen = generator if self.train_seed is None else torch.Generator().manual_seed(self.train_seed)
+        train_gen = generator if self.train_seed is None else cell_generator(system, self.train_seed)
         path = None
         if self.reuse_dir is not None and self.train_seed is not None:
             path = Path(self.reuse_dir) / f"flow-{cache_key(self.training_key(system, budget))}.pt"
@@ -451,7 +450,7 @@ class FlowSampler(Sampler):
         ledger = system.ledger
         if self.data_sampler == "md":
             u, f = system.energy_and_forces(x)
-            v = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+            v = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
         else:
             u = system.energy(x)
         burn = self.data_steps // 10

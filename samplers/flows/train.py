@@ -193,9 +193,10 @@ def train(bg: BoltzmannGenerator, system: System, s: TrainSettings, generator: t
         terms, loss = {}, None
         if use_ml:
             if data_weights is None:
-                idx = torch.randint(len(data_train), (s.batch_size,), generator=generator)
+                idx = torch.randint(len(data_train), (s.batch_size,), generator=generator, device=generator.device)
             else:
-                idx = torch.multinomial(data_weights, s.batch_size, replacement=True, generator=generator)
+                idx = torch.multinomial(data_weights.to(generator.device), s.batch_size, replacement=True,
+                                        generator=generator)
             per, dropped = nll_terms(bg, system, data_train[idx.to(data_train.device)], s.force_clip)
             nonfinite += dropped
             if per is not None:
@@ -206,7 +207,8 @@ def train(bg: BoltzmannGenerator, system: System, s: TrainSettings, generator: t
             if base_train is None:
                 batch = bg.draw_base(s.batch_size, generator)
             else:
-                batch = take(base_train, torch.randint(batch_len(base_train), (s.batch_size,), generator=generator))
+                batch = take(base_train, torch.randint(batch_len(base_train), (s.batch_size,), generator=generator,
+                                                       device=generator.device))
             per, dropped = kl_terms(bg, system, batch, s.force_clip)
             nonfinite += dropped
             if per is not None:
