@@ -131,10 +131,11 @@ def rows(quick: bool, root: Path) -> Iterator[tuple[str, str, str, str]]:
                            ("samples_with_energy_per_s", "samples with energies (1/s)")):
             yield ("flow step", f"{system} {architecture}: {label}", fmt(results["cpu"][key]),
                    fmt(results["cuda"][key]) if results["cuda"] else NO_CUDA)
-    max_evals = 2e4 if quick else 1e5
+    max_evals = 1e4 if quick else 1e5
     for label, (sampler, params) in CELLS.items():
         if quick and sampler == "flow":
-            params = {**params, "base_pool": 256, "data_steps": 100, "train_steps": 10, "sample_batch": 256}
+            params = {**params, "base_chains": 16, "base_warmup": 50, "base_pool": 256, "data_chains": 8,
+                      "data_steps": 100, "train_steps": 10, "sample_batch": 256}
         cpu = run_glass_cell(sampler, params, "cpu", max_evals)
         gpu = run_glass_cell(sampler, params, "cuda", max_evals) if has_cuda else NO_CUDA
         yield ("cell", f"ternary2d N=43 T=0.5, {label}, {max_evals:.0e} evals", cpu, gpu)

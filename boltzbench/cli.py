@@ -216,6 +216,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"  {name}  {_summary(obj)}")
             if kind == "metrics":
                 continue
+            if kind == "systems":
+                print(f"    default metrics: {', '.join(getattr(obj, 'default_metrics', ()) or ('none',))}")
             hints = typing.get_type_hints(obj)
             for field in obj.parameters():
                 print(_param_line(field, hints[field.name]))
@@ -246,7 +248,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results folder (default: boltzbench-results/<matrix name>)")
     run.add_argument("--scheduler", default="local", metavar="WHERE",
                      help="where cells run: local (default; a Dask LocalCluster of worker processes), "
-                          "serial (one after the other in this process), or the address of a running "
+                          "serial (one cell at a time, each in a child process), or the address of a running "
                           "Dask scheduler such as tcp://host:8786")
     run.add_argument("--workers", type=int, metavar="N",
                      help="workers of the local cluster (default: one per CPU core)")

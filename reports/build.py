@@ -60,7 +60,7 @@ def interval_text(interval: Interval, digits: int = 4) -> str:
     text = f"{interval.value:.{digits}g}"
     if not interval.has_interval:
         return f"{text} ({NO_INTERVAL})"
-    return f"{text} [{interval.low:.3g}, {interval.high:.3g}]"
+    return f"{text} [{interval.low:.{digits}g}, {interval.high:.{digits}g}]"  # one rounding: the mean stays inside
 
 
 def _summary_interval(values: list[float | None]) -> str:
@@ -488,12 +488,29 @@ def estimator_blocks(records: list[dict[str, Any]]) -> list[Block]:
             Items(tuple(rules))]
 
 
+def plugin_origins(records: list[dict[str, Any]]) -> list[str]:
+    """'name: distribution version' of every system or sampler not from boltzbench itself
+    (a plugin), from the records' ``env.components``; 'name: module M (not installed)' for
+    a module found on the path."""
+    out = set()
+    for record in records:
+        components = (record.get("env") or {}).get("components") or {}
+        for kind in ("system", "sampler"):
+            origin, name = components.get(kind) or {}, (record.get(kind) or {}).get("name")
+            dist = origin.get("distribution")
+            if dist == "boltzbench" or not origin:
+                continue
+            out.add(f"{name}: {dist} {origin.get('version')}" if dist
+                    else f"{name}: module {origin.get('module')} (not installed)")
+    return sorted(out)
+
+
 def environment_blocks(records: list[dict[str, Any]]) -> list[Block]:
     envs: dict[str, int] = defaultdict(int)
     for record in records:
         env = record.get("env")
-        if isinstance(env, dict):
-            envs[json.dumps(env, sort_keys=True)] += 1
+        if isinstance(env, dict):  # where each component came from is listed once, below
+            envs[json.dumps({k: v for k, v in env.items() if k != "components"}, sort_keys=True)] += 1
     if not envs:
         return []
     rows = []
@@ -508,6 +525,9 @@ def environment_blocks(records: list[dict[str, Any]]) -> list[Block]:
         blocks.append(Text(f"{where}; {cpus} CPUs, {threads} torch threads, device {device}; {packages}."))
     else:
         blocks.append(table(["cells", "python, platform", "CPUs", "torch threads", "device", "packages"], rows))
+    plugins = plugin_origins(records)
+    if plugins:
+        blocks.append(Text("Plugins: " + "; ".join(plugins) + "."))
     return blocks
 
 

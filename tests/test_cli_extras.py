@@ -286,3 +286,11 @@ def test_validate_into_a_closed_pipe_ends_without_a_traceback():
     err = child.stderr.read().decode()
     assert child.wait(timeout=60) == 0
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_list_systems_prints_each_systems_default_metrics(capsys):
+    assert main(["list", "systems"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("  double_well  "))
+    assert lines[at + 1] == "    default metrics: energy_w1, x1_w1, mean_energy_error, delta_f_error, ess"

@@ -336,3 +336,11 @@ def test_mean_draws_have_the_student_t_marginal_and_keep_correlation():
     assert np.allclose(draws[:, 1], 10 * draws[:, 0])            # perfectly correlated columns stay so
     assert np.all(mean_draws(np.array([[1.0, np.inf], [2.0, 3.0]]), 10, np.random.default_rng(1))[:, 1] == np.inf)
     assert np.all(mean_draws(np.array([[5.0]]), 4, np.random.default_rng(1)) == 5.0)
+
+
+def test_a_mean_is_printed_inside_its_printed_interval():
+    """Mean and bounds are rounded alike (the old text read '2.005e+05 [2.01e+05, 2.01e+05]')."""
+    from boltzbench.metrics.speedup import Interval
+    text = interval_text(Interval(200_500.0, 200_480.0, 200_520.0))
+    mean, low, high = map(float, re.match(r"(\S+) \[(\S+), (\S+)\]", text).groups())
+    assert low <= mean <= high, text

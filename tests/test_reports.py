@@ -333,3 +333,21 @@ def test_a_pair_that_fails_everywhere_now_is_a_regression(results):
     assert [(c.system, c.sampler, c.verdict) for c in changes] == [("double_well", "pt", "regression")]
     removed, _ = compare([r for r in records if r["sampler"]["label"] != "pa"], records)
     assert {c.verdict for c in removed} == {"removed"}
+
+
+def test_environment_is_one_line_per_machine_and_names_each_plugin_once():
+    """Records that differ only in where their sampler came from are one environment; the
+    plugins are listed with their distribution and version (the table used to repeat a row
+    per component origin, with the origin not shown)."""
+    from boltzbench.reports.build import environment_blocks
+    env = {"python": "3.11", "platform": "linux", "packages": {"boltzbench": "0.1.0"}, "cpu_count": 2,
+           "torch_threads": 1, "device": "cpu"}
+    ours = {"module": "boltzbench.samplers.md", "distribution": "boltzbench", "version": "0.1.0"}
+    plugin = {"module": "boltzbench_mtm", "distribution": "boltzbench-mtm", "version": "0.2.0"}
+    records = [{"system": {"name": "dw4"}, "sampler": {"name": name},
+                "env": {**env, "components": {"system": ours, "sampler": origin}}}
+               for name, origin in (("md", ours), ("mtm", plugin), ("mtm", plugin))]
+    blocks = environment_blocks(records)
+    texts = [getattr(b, "text", "") for b in blocks]
+    assert any(t.startswith("Python 3.11 on linux; 2 CPUs") for t in texts), texts
+    assert "Plugins: mtm: boltzbench-mtm 0.2.0." in texts
