@@ -5,7 +5,9 @@ Run ``python -m boltzbench.benchmarks.throughput`` (``--quick`` for fewer repeti
 ``--json PATH`` to keep the numbers). Throughput is in particle-steps per second: one
 energy+force evaluation of one configuration of N particles counts N.
 
-* torch: ``system.energy_and_forces`` on a fixed batch of B relaxed configurations (B = 1, 16,
+* numba: ``system.energy_and_forces`` with ``kernel = "numba"`` (the compiled all-pairs loop of
+  ``systems/compiled_pairs.py``, float64; the default on the CPU), same batches.
+* torch: ``system.energy_and_forces`` (``kernel = "torch"``) on a fixed batch of B relaxed configurations (B = 1, 16,
   64), float64 and float32 with the default Verlet list (built once: the kernel alone) and
   float32 with the dense kernel; and ``torch f32 MD``: BAOAB Langevin steps of the float32
   system at OpenMM's physical time step, so the Verlet list is rebuilt as particles move
@@ -29,8 +31,8 @@ which keeps both sides comparable on a shared, loaded machine. On an oversubscri
 spin-waiting, torch's two OpenMP threads meet at a barrier after every tensor operation and
 lose whole scheduler time slices there, which measured 5-10× slower at load ≈ 4 on 2 cores,
 while OpenMM's own thread pool was unaffected (the policy is read when torch is imported, so
-set it in the environment). Goals (issue 16, item 2): torch ≥ 1× OpenMM ``step`` at N = 256
-with ≥ 16 replicas, ≥ 3× at N = 43 with ≥ 64 replicas.
+set it in the environment). Goals (issue 16, item 2): the CPU kernel ≥ 1× OpenMM ``step`` at
+N = 256 with ≥ 16 replicas, ≥ 3× at N = 43 with ≥ 64 replicas.
 """
 
 from __future__ import annotations
@@ -99,8 +101,11 @@ def measure(name: str, params: dict, threads: int, repeats: int, min_seconds: fl
             device: str = "cpu") -> list[dict]:
     """Rows of throughputs (particle-steps/s) for one system at every batch size."""
     torch.set_num_threads(threads)
-    variants = {"float64": {"precision": "float64"}, "float32": {"precision": "float32"},
-                "float32_dense": {"precision": "float32", "verlet_skin": 0.0}}
+    variants = {"float64": {"precision": "float64", "kernel": "torch"},
+                "float32": {"precision": "float32", "kernel": "torch"},
+                "float32_dense": {"precision": "float32", "verlet_skin": 0.0, "kernel": "torch"}}
+    if device == "cpu":
+        variants["numba"] = {"precision": "float64", "kernel": "numba"}
     systems = {k: get_system(name, device=device, **params, **v) for k, v in variants.items()}
     reference = systems["float64"]
     n = reference.n_particles
@@ -154,7 +159,7 @@ def measure(name: str, params: dict, threads: int, repeats: int, min_seconds: fl
                "openmm_step": n / t_step, "openmm_call": b * n / t_call,
                "torch_float32_md": b * n / t_md, "md_steps_per_list_build": md_steps[0] / max(builds, 1)}
         for key in variants:
-            row[f"torch_{key}"] = b * n / t[key]
+            row["numba" if key == "numba" else f"torch_{key}"] = b * n / t[key]
         rows.append(row)
     best_step = max(r["openmm_step"] for r in rows)   # independent of B: the best of every timing
     for r in rows:
@@ -163,14 +168,16 @@ def measure(name: str, params: dict, threads: int, repeats: int, min_seconds: fl
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| system | N | replicas | torch f64 | torch f32 | torch f32 dense | torch f32 MD "
-            "| OpenMM step | OpenMM call | f64/step | f32/step | f32 MD/step | f32/call |\n|" + "---|" * 13)
+    head = ("| system | N | replicas | numba f64 | torch f64 | torch f32 | torch f32 dense | torch f32 MD "
+            "| OpenMM step | OpenMM call | numba/step | f64/step | f32/step | f32 MD/step | f32/call |\n|"
+            + "---|" * 15)
     lines = [head]
     for r in rows:
+        numba = r.get("numba", math.nan)
         lines.append(
-            f"| {r['system']} | {r['n_particles']} | {r['replicas']} | {r['torch_float64']:.3g} | "
+            f"| {r['system']} | {r['n_particles']} | {r['replicas']} | {numba:.3g} | {r['torch_float64']:.3g} | "
             f"{r['torch_float32']:.3g} | {r['torch_float32_dense']:.3g} | {r['torch_float32_md']:.3g} | "
-            f"{r['openmm_step']:.3g} | {r['openmm_call']:.3g} | "
+            f"{r['openmm_step']:.3g} | {r['openmm_call']:.3g} | {numba / r['openmm_step']:.2f} | "
             f"{r['torch_float64'] / r['openmm_step']:.2f} | {r['torch_float32'] / r['openmm_step']:.2f} | "
             f"{r['torch_float32_md'] / r['openmm_step']:.2f} | {r['torch_float32'] / r['openmm_call']:.2f} |")
     return "\n".join(lines)

@@ -18,3 +18,9 @@ try:  # the installed distributions, read once here, not in every cell's process
     _distributions()
 except Exception:  # noqa: BLE001, S110
     pass
+
+try:  # the compiled pair kernel, compiled or loaded from numba's cache once for every cell
+    from boltzbench.systems.compiled_pairs import warm_up
+    warm_up()
+except Exception:  # noqa: BLE001, S110
+    pass

@@ -56,7 +56,7 @@ import torch
 
 from boltzbench.contracts import Budget, ParameterError, Sampler, Snapshot, System, cell_generator, param
 from boltzbench.systems.double_well import DoubleWell
-from boltzbench.systems.particles import (R_MIN_FRACTION, PairTable, ParticleSystem, device_param, lennard_jones,
+from boltzbench.systems.particles import (R_MIN_FRACTION, PairTable, ParticleSystem, device_param, kernel_param, lennard_jones,
                                           minimum_image, precision_param)
 
 COST_KEYS = ("energy_evals", "force_evals", "wall_s", "setup", "total_evals", "total_wall_s")
@@ -105,6 +105,7 @@ class Trimer(ParticleSystem):
     temperature: float = param(0.8, "kT in units of ε_AA")
     precision: str = precision_param()
     device: str = device_param()
+    kernel: str = kernel_param()
 
     @property
     def box_edges(self) -> tuple[float, ...]:

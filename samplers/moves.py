@@ -53,6 +53,7 @@ import torch
 from boltzbench.contracts import ParameterError, System
 from boltzbench.samplers.mc import metropolis_step
 from boltzbench.samplers.md import baoab_step
+from boltzbench.systems.compiled_pairs import KIND_DW, KIND_LJ, KIND_SOFT, PairArrays, pair_arrays
 
 try:  # numba comes with openmmtools; without it the swap move's torch backend runs
     import numba
@@ -483,65 +484,30 @@ def sweep_torch(x: torch.Tensor, u: torch.Tensor, beta: torch.Tensor, system: Sy
 
 # --------------------------------------------------------------------------- numba backend
 
-KIND_LJ, KIND_SOFT, KIND_DW, KIND_SMOOTH_LJ = 0, 1, 2, 3
-
-
 @dataclass
-class CompiledTable:
-    """A system's pair table as float64 NumPy arrays for :func:`_sweep_kernel`: ``kind`` (LJ:
-    p0, p1, p2 = c12, c6, shift; soft sphere: p0 = σ²_ij, consts = c0, c2, c4; double well:
-    consts = a, b, c, d0; smoothed LJ: p0, p1 = σ²_ij, 4ε_ij, consts = c0, c2, c4), ``rc2``
-    (N, N), ``r2_min``, ``box`` (d,) and ``periodic``, ``skip`` (N, N, the pairs whose swaps
-    are skipped), ``inv_t`` = 1/kT."""
+class CompiledTable(PairArrays):
+    """A system's :class:`~boltzbench.systems.compiled_pairs.PairArrays` for
+    :func:`_sweep_kernel`, plus ``skip`` (N, N, the pairs whose swaps are skipped) and
+    ``inv_t`` = 1/kT."""
 
-    kind: int
-    p0: np.ndarray
-    p1: np.ndarray
-    p2: np.ndarray
-    consts: np.ndarray
-    rc2: np.ndarray
-    r2_min: float
-    box: np.ndarray
-    periodic: bool
-    skip: np.ndarray
-    inv_t: float
+    skip: np.ndarray = None
+    inv_t: float = 1.0
 
 
 def compile_table(system: System, skip: torch.Tensor | None = None) -> CompiledTable | None:
     """The system's pair table for the compiled sweep, or None when it has no compiled twin
     (another pair potential, a one-body term, a non-CPU device). ``skip``: the pairs whose
     swaps are skipped (default: identical particles)."""
-    from boltzbench.systems import particles
-    from boltzbench.systems.particles import ParticleSystem, double_well, lennard_jones, soft_sphere
+    from boltzbench.systems.particles import ParticleSystem
 
     if not isinstance(system, ParticleSystem) or system.torch_device.type != "cpu" \
             or type(system)._external_change is not ParticleSystem._external_change:
         return None
-    table = system.pair_table()
-    n = system.n_particles
-
-    def matrix(v) -> np.ndarray:
-        v = v.detach().cpu().double().numpy() if isinstance(v, torch.Tensor) else np.float64(v)
-        return np.array(np.broadcast_to(v, (n, n)), dtype=np.float64)  # a writable copy: one signature
-
-    zero = np.zeros((n, n))
-    prm = table.params
-    if table.pair is lennard_jones:
-        kind, p, consts = KIND_LJ, (matrix(prm["c12"]), matrix(prm["c6"]), matrix(prm["shift"])), [0.0] * 4
-    elif table.pair is soft_sphere:
-        kind, p, consts = KIND_SOFT, (matrix(prm["sig2"]), zero, zero), [prm["c0"], prm["c2"], prm["c4"], 0.0]
-    elif table.pair is double_well:
-        kind, p, consts = KIND_DW, (zero, zero, zero), [prm["a"], prm["b"], prm["c"], prm["d0"]]
-    elif table.pair is getattr(particles, "smooth_lennard_jones", None):
-        kind, p = KIND_SMOOTH_LJ, (matrix(prm["sig2"]), matrix(prm["eps4"]), zero)
-        consts = [prm["c0"], prm["c2"], prm["c4"], 0.0]
-    else:
+    arrays = pair_arrays(system)
+    if arrays is None:
         return None
-    edges = system.box_edges
     skip = identical_pairs(system) if skip is None else skip
-    return CompiledTable(kind, *p, np.asarray(consts, dtype=np.float64), matrix(table.rc2), float(table.r2_min),
-                         np.asarray(edges if edges is not None else [1.0] * system.dim, dtype=np.float64),
-                         edges is not None, skip.cpu().numpy().copy(), 1.0 / float(system.temperature))
+    return CompiledTable(**vars(arrays), skip=skip.cpu().numpy().copy(), inv_t=1.0 / float(system.temperature))
 
 
 @_jit

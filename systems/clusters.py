@@ -37,7 +37,7 @@ from typing import ClassVar
 import torch
 
 from boltzbench.contracts import param, require
-from boltzbench.systems.particles import (R_MIN_FRACTION, PairTable, ParticleSystem, device_param, double_well,
+from boltzbench.systems.particles import (R_MIN_FRACTION, PairTable, ParticleSystem, device_param, kernel_param, double_well,
                                           lennard_jones, precision_param)
 
 BGFLOW = "bgflow (github.com/noegroup/bgflow), MultiDoubleWellPotential / LennardJonesPotential"
@@ -70,6 +70,7 @@ class DoubleWell4(ParticleSystem):
     d0: float = param(4.0, "offset d0 of the pair distance (the barrier top when a = 0)")
     precision: str = precision_param()
     device: str = device_param()
+    kernel: str = kernel_param()
 
     def __post_init__(self) -> None:
         self._check_backend()
@@ -111,6 +112,7 @@ class LennardJones13(ParticleSystem):
     oscillator_scale: float = param(1.0, "force constant k of the restraint (k/2)·Σ|x_i − x̄|²; 0 disables it")
     precision: str = precision_param()
     device: str = device_param()
+    kernel: str = kernel_param()
 
     def __post_init__(self) -> None:
         self._check_backend()

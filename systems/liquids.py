@@ -78,7 +78,7 @@ import torch
 
 from boltzbench.contracts import param, require
 from boltzbench.systems.particles import (R_MIN_FRACTION, PairTable, ParticleSystem, check_box,
-                                          device_param, lennard_jones, precision_param,
+                                          device_param, kernel_param, lennard_jones, precision_param,
                                           smooth_lennard_jones, soft_sphere, species_counts,
                                           verlet_skin_param)
 
@@ -113,6 +113,7 @@ class LennardJonesMixture(ParticleSystem):
     verlet_skin: float = verlet_skin_param()
     precision: str = precision_param()
     device: str = device_param()
+    kernel: str = kernel_param()
 
     def __post_init__(self) -> None:
         self._check_backend()
@@ -291,6 +292,7 @@ class SoftSpheres(ParticleSystem):
     verlet_skin: float = verlet_skin_param()
     precision: str = precision_param()
     device: str = device_param()
+    kernel: str = kernel_param()
 
     def __post_init__(self) -> None:
         self._check_backend()

@@ -46,6 +46,8 @@ from typing import Any, ClassVar
 import torch
 
 from boltzbench.contracts import OpenMMTwin, System, param, require
+from boltzbench.systems.compiled_pairs import HAVE_NUMBA, MAX_PARTICLES, PairArrays, pair_arrays
+from boltzbench.systems.compiled_pairs import energy_forces as compiled_energy_forces
 
 #: Pair entries (chunk · N · N) processed at once on the CPU: keeps the temporaries in cache.
 PAIR_ELEMENTS = 1 << 16
@@ -67,6 +69,17 @@ def precision_param():
 def device_param():
     """The ``device`` parameter of every particle system (numerical, not physical)."""
     return param("cpu", "torch device of the kernels: cpu, cuda or cuda:<index>", physical=False)
+
+
+KERNELS = ("auto", "numba", "torch")
+
+
+def kernel_param():
+    """The ``kernel`` parameter of every particle system (numerical, not physical)."""
+    return param("auto", "energy+force kernel on the CPU: 'numba' (compiled loop over all pairs, float64), "
+                         "'torch' (tensor kernel, with the Verlet list where the system has one), or 'auto' "
+                         f"(numba when installed, on the CPU, for N <= {MAX_PARTICLES}; else torch)",
+                 physical=False)
 
 
 def verlet_skin_param():
@@ -327,6 +340,10 @@ class ParticleSystem(System):
                 f"must be cpu, cuda or cuda:<index>, got {self.device!r}")
         require(device.type != "cuda" or torch.cuda.is_available(), "device",
                 f"{self.device!r} requested but torch.cuda.is_available() is False; use cpu")
+        kernel = getattr(self, "kernel", "torch")
+        require(kernel in KERNELS, "kernel", f"must be one of {', '.join(map(repr, KERNELS))}, got {kernel!r}")
+        require(kernel != "numba" or (device.type == "cpu" and HAVE_NUMBA), "kernel",
+                "'numba' runs on the CPU with numba installed; use 'auto' or 'torch'")
 
     def _check_skin(self) -> None:
         skin = self.verlet_skin
@@ -411,7 +428,11 @@ class ParticleSystem(System):
         pos = self._positions(x)
         us, fs = [], []
         skin = float(getattr(self, "verlet_skin", 0.0))
-        if neighbour_list and skin > 0 and self._box is not None and pos.shape[0] > 0:
+        arrays = self._compiled_arrays()
+        if arrays is not None:
+            u, f = compiled_energy_forces(pos, arrays, forces)
+            us, fs = [u], [f]
+        elif neighbour_list and skin > 0 and self._box is not None and pos.shape[0] > 0:
             nl = self._neighbour_list(pos, skin)
             step = chunk_size(self.n_particles, pos.device, nl.index.shape[-1])
             for start in range(0, pos.shape[0], step):
@@ -432,6 +453,17 @@ class ParticleSystem(System):
             u = u + ext[0]
             f = f + ext[1] if forces else None
         return u, f
+
+    def _compiled_arrays(self) -> PairArrays | None:
+        """The compiled kernel's arrays when ``kernel`` selects it (cached), else None."""
+        kernel = getattr(self, "kernel", "torch")
+        if kernel == "torch" or self.torch_device.type != "cpu" or not HAVE_NUMBA:
+            return None
+        if kernel == "auto" and self.n_particles > MAX_PARTICLES:
+            return None
+        if "_compiled" not in self.__dict__:
+            self.__dict__["_compiled"] = pair_arrays(self)
+        return self.__dict__["_compiled"]
 
     def _neighbour_list(self, pos: torch.Tensor, skin: float) -> NeighbourList:
         """The cached Verlet list of this batch, rebuilt when stale (see the module docstring)."""

@@ -17,7 +17,8 @@ from boltzbench import get_system
 from boltzbench.contracts import ParameterError, param
 from boltzbench.samplers.mc import metropolis_step
 from boltzbench.samplers.md import baoab_step
-from boltzbench.samplers.moves import (DISP_ACCEPTED, HAVE_NUMBA, KIND_SMOOTH_LJ, MOVES, SWAP_ACCEPTED,
+from boltzbench.systems.compiled_pairs import KIND_SMOOTH_LJ
+from boltzbench.samplers.moves import (DISP_ACCEPTED, HAVE_NUMBA, MOVES, SWAP_ACCEPTED,
                                        SWAP_ATTEMPTS, SWAPS_SKIPPED, LangevinMove, MetropolisMove, Mixture, Sequence,
                                        SwapMove, SweepRandoms, Walkers, acceptance, check_swap_pairs, compile_table,
                                        draw_sweep, identical_pairs, make_move, skipped_pairs, swap_pair_names, sweep,

@@ -102,13 +102,17 @@ def test_kernel_equals_a_brute_force_sum_over_periodic_images(key, generator):
 
 
 @pytest.mark.parametrize("key", sorted(SMALL))
-def test_analytic_forces_equal_minus_the_autograd_gradient(key, generator):
-    system = make(key)
+@pytest.mark.parametrize("kernel", ["torch", "numba"])
+def test_analytic_forces_equal_minus_the_autograd_gradient(key, kernel, generator):
+    """Both kernels' forces against autograd of the torch kernel's energy (the compiled one
+    is not differentiable by torch)."""
+    system, differentiable = make(key, kernel=kernel), make(key, kernel="torch")
     x = random_configs(system, 3, generator)
     u, f = system.energy_and_forces(x)
     xg = x.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(system._energy(xg).sum(), xg)
+    (grad,) = torch.autograd.grad(differentiable._energy(xg).sum(), xg)
     assert torch.allclose(u, system.energy(x), rtol=1e-14)
+    assert torch.allclose(u, differentiable.energy(x), rtol=1e-12)
     assert torch.allclose(f, -grad, rtol=1e-9, atol=1e-9 * float(grad.abs().max()))
 
 
@@ -153,7 +157,7 @@ def test_chunking_over_the_batch_does_not_change_results(generator, monkeypatch)
 
 @pytest.mark.parametrize("key", ["ternary2d", "soft_spheres_2d", "ka3d"])
 def test_verlet_lists_stay_exact_along_a_trajectory_and_rebuild_only_when_needed(key, generator):
-    system, dense = make(key), make(key, verlet_skin=0.0)
+    system, dense = make(key, kernel="torch"), make(key, verlet_skin=0.0, kernel="torch")
     assert system.verlet_skin == 0.3
     x = system.sample_initial(4, generator)
     builds = system.verlet_builds
@@ -276,3 +280,12 @@ def test_observables_energy_per_particle_and_minimum_image_pair_distances(genera
     d = d - L * torch.round(d / L)
     assert torch.allclose(obs["pair_distance/AA"][:, 0], d.norm(dim=-1))
     assert float(obs["pair_distance/AA"].max()) <= math.sqrt(2) * L / 2 + 1e-12
+
+
+def test_kernel_choices_are_checked_and_auto_takes_the_compiled_loop_on_the_cpu():
+    from boltzbench.contracts import ParameterError
+    with pytest.raises(ParameterError) as info:
+        make("ka3d", kernel="fortran")
+    assert info.value.field == "kernel" and "'numba'" in info.value.message
+    assert make("ka3d")._compiled_arrays() is not None          # auto on the CPU: compiled
+    assert make("ka3d", kernel="torch")._compiled_arrays() is None
