@@ -134,8 +134,8 @@ def test_shipped_references_match_their_systems(key, monkeypatch, tmp_path):
 
 NUMERICAL = {  # every built-in system's parameters that do not change the distribution
     "double_well": set(), "harmonic": set(), "alanine_dipeptide": {"platform"},
-    "dw4": {"precision", "device"}, "lj13": {"precision", "device"},
-    **{name: {"verlet_skin", "precision", "device"} for name in ("ka3d", "ka2d", "ternary2d", "soft_spheres")},
+    "dw4": {"precision", "device", "kernel"}, "lj13": {"precision", "device", "kernel"},
+    **{name: {"verlet_skin", "precision", "device", "kernel"} for name in ("ka3d", "ka2d", "ternary2d", "soft_spheres")},
 }
 MD_RECIPE = {"sampler": "md", "params": {"n_chains": 4, "thin": 1, "dt": 0.002}, "max_evals": 2000,
              "n_samples": 200, "burn_in": 0.2}
