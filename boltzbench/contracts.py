@@ -201,9 +201,12 @@ class Budget:
         return max(fractions)
 
     def exhausted(self, ledger: CostLedger) -> bool:
+        """True once any cap is reached (:meth:`used` ≥ 1) or the runner's per-cell deadline
+        has passed: a sampler loops ``while not budget.exhausted(ledger)``."""
         return self.used(ledger) >= 1.0 or ledger.past_deadline()
 
     def schedule(self) -> "SnapshotSchedule":
+        """A fresh :class:`SnapshotSchedule` for one run: when the next snapshot is due."""
         return SnapshotSchedule(self)
 
     def as_dict(self) -> dict[str, Any]:
@@ -222,6 +225,8 @@ class SnapshotSchedule:
         self._next = 1
 
     def due(self, ledger: CostLedger) -> bool:
+        """True when the budget used has passed the next mark k/n_snapshots (or is spent);
+        each mark is reported once."""
         used = self.budget.used(ledger)
         n = self.budget.n_snapshots
         if used * n < self._next and used < 1.0:

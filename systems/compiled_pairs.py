@@ -5,8 +5,10 @@ float64 NumPy arrays (``kind`` selects one of the pair potentials of
 :mod:`boltzbench.systems.particles`; the same expressions, term by term). Two kernels use
 them: the swap-MC sweep of :mod:`boltzbench.samplers.moves` (local energy changes), and
 :func:`energy_forces` here — the total energy U (B,) and forces −∇U (B, N, d) of a batch,
-every pair i < j once with the minimum image, replicas spread over numba's threads
-(``prange``; as many as torch's thread count, the cell's ``--threads``).
+every pair i < j once with the minimum image; with T > 1 torch threads (the cell's
+``--threads``) the batch is split into T parts run on T Python threads (the kernel releases
+the GIL). Not numba's ``parallel=True``: its OpenMP layer aborts any process forked after
+it ran, and cells are forked processes.
 
 Why all pairs and no cell list: at the sizes benchmarked here (N ≤ a few hundred, boxes of
 a few cut-offs) a cell list has 2–3 cells per axis and saves nothing, while a compiled loop
@@ -22,6 +24,7 @@ compiled path is never less accurate than the tensor one.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,12 +36,10 @@ try:  # numba comes with openmmtools; without it the tensor kernels run
     # reassociation lets inner loops vectorize; no nnan/ninf: r² = ∞ marks excluded partners
     FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
     jit = numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-    jit_parallel = numba.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover
     def jit(f):
         return f
-    jit_parallel = jit
     HAVE_NUMBA = False
 
 KIND_LJ, KIND_SOFT, KIND_DW, KIND_SMOOTH_LJ = 0, 1, 2, 3
@@ -136,7 +137,7 @@ def pair_row(kind, rr, a, idx, m, p0, p1, p2, consts, r2_min, phi, fr):
             fr[q] = p1[a, k] * (12.0 * q6 - 6.0 * q3 - (2.0 * c2 + 4.0 * c4 * y) * y) / r2k
 
 
-@jit_parallel
+@jit
 def _energy_forces_kernel(pos, energy, forces, want_forces, kind, p0, p1, p2, consts, rc2, r2_min, box,
                           periodic):
     """energy[b] = Σ_{i<j} φ_ij, forces[b, :, i] = Σ_j (−φ'_ij/r)·(x_i − x_j) for coordinate-
@@ -144,7 +145,7 @@ def _energy_forces_kernel(pos, energy, forces, want_forces, kind, p0, p1, p2, co
     partners inside their cutoff gathered, the pair terms evaluated for those only."""
     n_batch, d, n = pos.shape
     inv_box = 1.0 / box
-    for b in numba.prange(n_batch):
+    for b in range(n_batch):
         xs, f = pos[b], forces[b]
         dr, r2 = np.empty((d, n)), np.empty(n)
         idx, rr = np.empty(n, dtype=np.int64), np.empty(n)
@@ -190,18 +191,27 @@ def energy_forces(x: torch.Tensor, arrays: PairArrays, forces: bool = True
     pos = np.ascontiguousarray(x.detach().to(torch.float64).numpy().transpose(0, 2, 1))  # (B, d, N)
     energy = np.zeros(pos.shape[0])
     force = np.zeros(pos.shape if forces else (pos.shape[0], pos.shape[1], 0))
-    if HAVE_NUMBA:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     a = arrays
-    _energy_forces_kernel(pos, energy, force, forces, a.kind, a.p0, a.p1, a.p2, a.consts, a.rc2, a.r2_min,
-                          a.box, a.periodic)
+
+    def run(part: slice) -> None:
+        _energy_forces_kernel(pos[part], energy[part], force[part], forces, a.kind, a.p0, a.p1, a.p2, a.consts,
+                              a.rc2, a.r2_min, a.box, a.periodic)
+
+    threads = min(torch.get_num_threads(), len(energy))
+    if threads <= 1:
+        run(slice(None))
+    else:  # the kernel releases the GIL: T threads on T contiguous parts of the batch
+        bounds = np.linspace(0, len(energy), threads + 1).astype(int)
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]))
     u = torch.from_numpy(energy).to(x.dtype)
     return u, (torch.from_numpy(np.ascontiguousarray(force.transpose(0, 2, 1))).to(x.dtype) if forces else None)
 
 
 def warm_up() -> None:
     """Compile :func:`_energy_forces_kernel` (or load it from numba's disk cache) once, e.g.
-    in the fork server of the cell processes, so that no cell pays for it."""
+    in the fork server of the cell processes, so that no cell pays for it (single-threaded:
+    no thread is left behind in a process that forks)."""
     if not HAVE_NUMBA:
         return
     z1, z2 = np.zeros(1), np.zeros((1, 1))
