@@ -15,8 +15,8 @@ Rows of the table:
 * **cell** — one glass flow cell (thermal base at 2T) and one PT cell on ``ternary2d``
   (N = 43, T = 0.5), 10⁵ evaluations: status and wall seconds.
 
-Without CUDA every CUDA entry reads "no CUDA"; the CPU entries still run, so the script
-cannot rot unnoticed. Every time is the best of a few repetitions after a warm-up, with
+Without CUDA every CUDA entry reads "no CUDA"; the CPU entries still run, and the exit
+status is 1 when any cell or test failed, so the script cannot rot unnoticed. Every time is the best of a few repetitions after a warm-up, with
 ``torch.cuda.synchronize()`` around timed CUDA work.
 """
 
@@ -131,7 +131,7 @@ def rows(quick: bool, root: Path) -> Iterator[tuple[str, str, str, str]]:
                            ("samples_with_energy_per_s", "samples with energies (1/s)")):
             yield ("flow step", f"{system} {architecture}: {label}", fmt(results["cpu"][key]),
                    fmt(results["cuda"][key]) if results["cuda"] else NO_CUDA)
-    max_evals = 1e4 if quick else 1e5
+    max_evals = 2e4 if quick else 1e5
     for label, (sampler, params) in CELLS.items():
         if quick and sampler == "flow":
             params = {**params, "base_chains": 16, "base_warmup": 50, "base_pool": 256, "data_chains": 8,
@@ -152,10 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"GPU check: torch {torch.__version__}, CUDA device: {device}, torch threads {torch.get_num_threads()}\n")
     print("| part | case | cpu | cuda |")
     print("|---|---|---|---|", flush=True)
+    broken = []
     for row in rows(args.quick, args.root):
         print("| " + " | ".join(row) + " |", flush=True)
+        broken += [row[1] for value in row[2:] if value.startswith(("failed", "timeout", "pytest exit"))
+                   or re.match(r"\d+ failed", value)]
     print(f"\n{time.perf_counter() - started:.0f} s")
-    return 0
+    if broken:
+        print("failed: " + "; ".join(broken), file=sys.stderr)
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":

@@ -168,9 +168,9 @@ class FlowSampler(Sampler):
     base_warmup: int = param(500, "thermal base: warm-up steps of every chain (setup)")
     base_pool: int = param(10_000, "thermal base: configurations drawn for training (setup)")
     architecture: str = param("mlp", "'mlp' (couplings with MLP conditioners), 'periodic_equivariant' "
-                                     "(periodic particle systems: permutation-equivariant couplings on the "
-                                     "torus) or 'equivariant_flow_matching' (clusters: E(n)-equivariant "
-                                     "continuous flow trained by flow matching on the data; no KL term)")
+                                     "(permutation-equivariant couplings on the torus, for periodic particle "
+                                     "systems) or 'equivariant_flow_matching' (an E(n)-equivariant continuous "
+                                     "flow trained by flow matching on the data, no KL term, for clusters)")
     coordinates: str = param("auto", "'auto', 'cartesian', 'torus' (periodic box) or 'internal' (molecules)")
     n_layers: int = param(8, "coupling layers")
     hidden: int = param(64, "width of the conditioner networks")
