@@ -610,17 +610,6 @@ def test_a_particle_architecture_on_the_wrong_system_says_what_it_needs():
             run(sampler, boltzbench.get_system(system), Budget(max_evals=100_000))
 
 
-def test_a_device_generator_is_the_cells_own_on_its_device_and_seeded_from_it_elsewhere():
-    from boltzbench.samplers.flows.sampler import device_generator
-    gen = torch.Generator().manual_seed(3)
-    assert device_generator(gen, torch.device("cpu")) is gen
-    if torch.cuda.is_available():
-        a = device_generator(torch.Generator().manual_seed(3), torch.device("cuda"))
-        b = device_generator(torch.Generator().manual_seed(3), torch.device("cuda"))
-        assert a.device.type == "cuda" and torch.equal(torch.rand(4, generator=a, device="cuda"),
-                                                       torch.rand(4, generator=b, device="cuda"))
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when CUDA is absent")
 def test_cuda_device_without_cuda_is_a_clear_error():
     with pytest.raises(RuntimeError, match="cuda"):

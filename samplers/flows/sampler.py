@@ -93,15 +93,6 @@ def kish(log_w: torch.Tensor) -> float:
     return float(w.sum() ** 2 / (w * w).sum())
 
 
-def device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
-    """``generator`` itself on its own device; else a generator on ``device`` seeded from it
-    (so draws stay reproducible from the cell's seed and need no host-device copy)."""
-    if torch.device(device).type == generator.device.type:
-        return generator
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    return torch.Generator(device=device).manual_seed(seed)
-
-
 def bond_graph(system: System) -> list[tuple[int, int]] | None:
     """Bonds of a molecular system: ``system.bonds`` if it has them, else the harmonic bonds
     of its OpenMM twin; None for systems without either (no internal coordinates)."""
@@ -281,8 +272,6 @@ class FlowSampler(Sampler):
         bg.eval()
         if isinstance(bg.base, GaussianBase):  # sampling proposal: the defensive mixture
             bg.base = bg.base.with_defensive(self.defensive, self.defensive_scale)
-        if system_device(system) == bg.device:  # flow and energies on one device: draw there too
-            generator = device_generator(generator, bg.device)
         if self.mode == "reweight":
             yield from self._reweight(bg, system, budget, generator, info)
         else:
