@@ -171,13 +171,10 @@ def latent_base(spec: dict[str, Any], periodic: torch.Tensor) -> GaussianBase:
     return GaussianBase(periodic)
 
 
-system_device = device_of
-
-
 def energy(system: System, x: torch.Tensor) -> torch.Tensor:
     """u(x) through the charged ``system.energy``, as float64 on the flow's device."""
     with torch.no_grad():
-        u = system.energy(x.detach().to(dtype=system.dtype, device=system_device(system)))
+        u = system.energy(x.detach().to(dtype=system.dtype, device=device_of(system)))
     return u.to(dtype=torch.float64, device=x.device)
 
 
@@ -201,7 +198,7 @@ def energy_surrogate(system: System, x: torch.Tensor, force_clip: float | None =
     drops them).
     Returns (surrogate, u as float64, finite mask). Charges one force evaluation per row.
     """
-    xs = x.detach().to(dtype=system.dtype, device=system_device(system))
+    xs = x.detach().to(dtype=system.dtype, device=device_of(system))
     u, f = system.energy_and_forces(xs)
     u, f = u.to(dtype=x.dtype, device=x.device), f.to(dtype=x.dtype, device=x.device)
     finite = torch.isfinite(u) & torch.isfinite(f).all(-1)

@@ -68,12 +68,13 @@ from typing import Any, ClassVar, Iterator
 
 import torch
 
-from boltzbench.contracts import Budget, ParameterError, Sampler, Snapshot, System, cell_generator, param, require
+from boltzbench.contracts import (Budget, ParameterError, Sampler, Snapshot, System, cell_generator, device_of, param,
+                                  require)
 from boltzbench.registry import get_sampler, registry
 from boltzbench.samplers.chains import ChainTrace
 from boltzbench.samplers.flows.base import GaussianBase, ThermalBase
 from boltzbench.samplers.flows.layers import zmatrix_from_bonds
-from boltzbench.samplers.flows.model import ARCHITECTURES, COORDINATES, BoltzmannGenerator, energy, system_device
+from boltzbench.samplers.flows.model import ARCHITECTURES, COORDINATES, BoltzmannGenerator, energy
 from boltzbench.samplers.flows.persistence import FORMAT, cache_key, load_flow, save_flow
 from boltzbench.samplers.flows.train import TrainSettings, train
 from boltzbench.samplers.mc import metropolis_step
@@ -518,7 +519,7 @@ class FlowSampler(Sampler):
     def _flow_batch(self, bg: BoltzmannGenerator, system: System, n: int, gen: torch.Generator):
         """n flow samples on the system's device (no copy when the flow is there too):
         positions (system dtype), u, log w (float64), finite mask."""
-        device = system_device(system)
+        device = device_of(system)
         with torch.no_grad():
             x, log_q = bg.push_base(bg.draw_base(n, gen))
             x = x.to(dtype=system.dtype, device=device)
