@@ -106,6 +106,8 @@ class CostLedger:
         self._in_setup = False
         self._since: float | None = None
         self.clock_started = False  #: True once :meth:`start` has been called
+        #: (total_evals, total_wall_s) as the last :meth:`SnapshotSchedule.due` read them
+        self.due_reading: tuple[float, float] | None = None
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -188,22 +190,30 @@ class Budget:
         require(isinstance(self.n_snapshots, int) and self.n_snapshots >= 1, "budget.n_snapshots",
                 f"must be an integer >= 1, got {self.n_snapshots!r}")
 
-    def used(self, ledger: CostLedger) -> float:
-        """Fraction of the budget spent (the largest over the caps that are set). A wall-clock
-        cap starts a ledger's clock that was never started (a sampler run by hand)."""
+    def used(self, ledger: CostLedger, wall_s: float | None = None) -> float:
+        """Fraction of the budget spent (the largest over the caps that are set), with the
+        ledger's wall time read now or given as ``wall_s``. A wall-clock cap starts a ledger's
+        clock that was never started (a sampler run by hand)."""
         fractions = []
         if self.max_wall_s is not None and not ledger.clock_started:
             ledger.start()
         if self.max_evals is not None:
             fractions.append(ledger.total_evals / self.max_evals)
         if self.max_wall_s is not None:
-            fractions.append(ledger.total_wall_s / self.max_wall_s)
+            fractions.append((ledger.total_wall_s if wall_s is None else wall_s) / self.max_wall_s)
         return max(fractions)
 
     def exhausted(self, ledger: CostLedger) -> bool:
         """True once any cap is reached (:meth:`used` ≥ 1) or the runner's per-cell deadline
-        has passed: a sampler loops ``while not budget.exhausted(ledger)``."""
-        return self.used(ledger) >= 1.0 or ledger.past_deadline()
+        has passed: a sampler loops ``while not budget.exhausted(ledger)``.
+
+        If nothing was charged since the last :meth:`SnapshotSchedule.due`, the clock is not
+        read again: the step's two checks see one wall time, so a step that ends the budget
+        is the step whose ``due`` yielded the final snapshot (with a fresh reading, time
+        passing between the two checks could end the loop one snapshot short)."""
+        reading = ledger.due_reading
+        wall_s = reading[1] if reading is not None and reading[0] == ledger.total_evals else None
+        return self.used(ledger, wall_s) >= 1.0 or ledger.past_deadline()
 
     def schedule(self) -> "SnapshotSchedule":
         """A fresh :class:`SnapshotSchedule` for one run: when the next snapshot is due."""
@@ -227,7 +237,9 @@ class SnapshotSchedule:
     def due(self, ledger: CostLedger) -> bool:
         """True when the budget used has passed the next mark k/n_snapshots (or is spent);
         each mark is reported once."""
-        used = self.budget.used(ledger)
+        wall_s = ledger.total_wall_s
+        ledger.due_reading = (ledger.total_evals, wall_s)  # the loop's next exhausted() check reuses it
+        used = self.budget.used(ledger, wall_s)
         n = self.budget.n_snapshots
         if used * n < self._next and used < 1.0:
             return False

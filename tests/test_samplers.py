@@ -120,6 +120,24 @@ def test_mc_acceptance_probability_is_metropolis():
         assert abs(accept[inside].mean() - expected) < 4.5 * se, (lo, hi)
 
 
+@pytest.mark.parametrize("max_wall_s", [1.0, 1.004, 1.008, 1.012, 1.016])
+def test_a_wall_clock_budget_always_ends_with_the_snapshot_at_exhaustion(monkeypatch, max_wall_s):
+    """The contract: a sampler looping ``while not budget.exhausted`` and yielding when
+    ``schedule.due`` always yields a final snapshot with the budget spent. On a clock that
+    moves 0.01 s at every reading, time passes between a step's ``due`` and ``exhausted``
+    checks; before the fix ``exhausted`` read the clock again, saw the budget spent where
+    ``due`` had not, and the run ended one snapshot short (for about half of these budgets)."""
+    import boltzbench.contracts as contracts
+
+    ticks = iter(np.arange(0.0, 1e4, 0.01))
+    monkeypatch.setattr(contracts.time, "perf_counter", lambda: float(next(ticks)))
+    system = get_system("double_well")
+    budget = Budget(max_wall_s=max_wall_s, n_snapshots=2)
+    snapshots = list(get_sampler("mc", n_chains=2, thin=1).run(system, budget, torch.Generator().manual_seed(0)))
+    assert len(snapshots) == 2
+    assert snapshots[-1].cost["total_wall_s"] >= max_wall_s
+
+
 def test_a_wall_clock_budget_ends_a_sampler_run_by_hand():
     """Outside the runner nobody starts the ledger's clock; the first budget check does, so a
     wall-clock budget ends (before the fix the clock stayed at 0 s: the loop ended only by
