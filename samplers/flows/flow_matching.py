@@ -42,6 +42,7 @@ Spec keys: ``n_particles``, ``spatial_dim``, ``species``, ``hidden`` (width of e
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from typing import Any, Callable
@@ -252,6 +253,38 @@ def kabsch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (v * fix[..., None, :]) @ u.transpose(-1, -2)
 
 
+def aligned_sq_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """min over rotations R (det +1) of |a·Rᵀ − b|² for centred point sets (..., N, d), without
+    forming R: |a|² + |b|² − 2·max_R tr(R·H), H = aᵀb, and max_R tr(R·H) = σ₁ + … + σ_{d−1} +
+    sign(det H)·σ_d (Kabsch 1976; Umeyama, IEEE TPAMI 13, 376 (1991)); in 2D it is
+    √((H₀₀ + H₁₁)² + (H₀₁ − H₁₀)²). Returns (...)."""
+    h = a.transpose(-1, -2) @ b
+    if h.shape[-1] == 2:
+        best = torch.hypot(h[..., 0, 0] + h[..., 1, 1], h[..., 0, 1] - h[..., 1, 0])
+    else:
+        sv = torch.linalg.svdvals(h)
+        best = sv[..., :-1].sum(-1) + torch.sign(torch.linalg.det(h)) * sv[..., -1]
+    return (a * a).sum((-1, -2)) + (b * b).sum((-1, -2)) - 2.0 * best
+
+
+MAX_ENUMERATED_PERMUTATIONS = 720  #: up to this many within-species permutations the alignment is exact
+
+
+def species_permutations(species: np.ndarray) -> np.ndarray | None:
+    """All permutations that map every particle to one of its species, (K, N), or None when
+    there are more than ``MAX_ENUMERATED_PERMUTATIONS`` (K = Π_s n_s!)."""
+    groups = [np.flatnonzero(species == s) for s in np.unique(species)]
+    if math.prod(math.factorial(len(g)) for g in groups) > MAX_ENUMERATED_PERMUTATIONS:
+        return None
+    perms = np.arange(len(species))[None]
+    for g in groups:
+        choices = np.array(list(itertools.permutations(g)))
+        expanded = np.repeat(perms, len(choices), axis=0)
+        expanded[:, g] = np.tile(choices, (len(perms), 1))
+        perms = expanded
+    return perms
+
+
 def permute_within_species(a: np.ndarray, b: np.ndarray, species: np.ndarray) -> np.ndarray:
     """The permutation π (within each species) minimizing Σ_i |a_π(i) − b_i|² (Hungarian,
     scipy ``linear_sum_assignment``); returns a[π]."""
@@ -275,35 +308,45 @@ def _alternate(a: torch.Tensor, target: torch.Tensor, species: np.ndarray, round
     return a
 
 
+def align_to(a: torch.Tensor, target: torch.Tensor, species: np.ndarray) -> torch.Tensor:
+    """Each a (B, N, d) moved by a within-species permutation and a rotation as close as found to
+    its target (B, N, d). Exact (all permutations, each with its optimal rotation) when there
+    are at most ``MAX_ENUMERATED_PERMUTATIONS``; otherwise Hungarian permutation and Kabsch
+    rotation alternated twice, from a as drawn and from a first rotated, the closer kept (a
+    heuristic for the joint minimum, as in Klein et al. 2023, §4)."""
+    perms = species_permutations(species)
+    if perms is not None:
+        candidates = a[:, torch.as_tensor(perms, device=a.device)]  # (B, K, N, d)
+        best = aligned_sq_distance(candidates, target[:, None]).argmin(1)
+        a = candidates[torch.arange(len(a), device=a.device), best]
+        return a @ kabsch(a, target).transpose(-1, -2)
+    best = None
+    for start in (a, a @ kabsch(a, target).transpose(-1, -2)):  # permute first, or rotate first
+        cand = _alternate(start, target, species)
+        if best is None:
+            best = cand
+        else:
+            better = ((cand - target) ** 2).sum((-1, -2)) < ((best - target) ** 2).sum((-1, -2))
+            best = torch.where(better[:, None, None], cand, best)
+    return best
+
+
 def equivariant_ot_pairs(x0: torch.Tensor, x1: torch.Tensor, species: np.ndarray) -> torch.Tensor:
     """Base samples x0 (B, N, d) reordered and aligned to the data x1 (B, N, d), both centred.
 
     1. Minibatch OT: the assignment (Hungarian) minimizing Σ_i c(x0_σ(i), x1_i) with
-       c = min over rotations (Kabsch) of the squared distance.
-    2. Each assigned x0 is permuted within species (Hungarian) and rotated (Kabsch) onto its
-       x1, alternating twice, from x0 as drawn and from x0 first rotated; the closer result is
-       kept (a heuristic for the joint minimum, as in Klein et al. 2023, §4).
+       c = min over rotations of the squared distance (:func:`aligned_sq_distance`).
+    2. Each assigned x0 is permuted within species and rotated onto its x1 (:func:`align_to`).
+    Aligning x0 (not x1) keeps both marginals exact: the base is invariant under permutations
+    and rotations.
     """
-    b = x0.shape[0]
     with torch.no_grad():
-        a = x0.double()[:, None].expand(b, b, *x0.shape[1:])
-        c = x1.double()[None].expand(b, b, *x1.shape[1:])
-        rot = kabsch(a, c)
-        cost = ((a @ rot.transpose(-1, -2) - c) ** 2).sum((-1, -2))  # (B0, B1)
+        a, target = x0.double(), x1.double()
+        cost = aligned_sq_distance(a[:, None], target[None])  # (B0, B1)
         row, col = linear_sum_assignment(cost.cpu().numpy())
-        order = np.empty(b, dtype=np.int64)
+        order = np.empty(len(a), dtype=np.int64)
         order[col] = row
-        a = x0.double()[torch.as_tensor(order, device=x0.device)]
-        target = x1.double()
-        best = None
-        for start in (a, a @ kabsch(a, target).transpose(-1, -2)):  # permute first, or rotate first
-            cand = _alternate(start, target, species)
-            if best is None:
-                best = cand
-            else:
-                better = ((cand - target) ** 2).sum((-1, -2)) < ((best - target) ** 2).sum((-1, -2))
-                best = torch.where(better[:, None, None], cand, best)
-        a = best
+        a = align_to(a[torch.as_tensor(order, device=a.device)], target, species)
     return a.to(x0.dtype)
 
 
