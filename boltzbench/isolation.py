@@ -2,14 +2,16 @@
 
 A cell that kills its process (``os._exit``, a segfault in compiled code, the OOM killer)
 or ignores its deadline then costs only its own record, never the run: the parent turns a
-death into a ``failed`` record naming the exit code or signal, and kills a cell still
-running a grace period after its timeout (a ``timeout`` record). Children are forked from
+death into a ``failed`` record naming the exit code or signal and ending with the last
+lines the cell's process wrote to stderr, and kills a cell still running a grace period
+after its timeout (a ``timeout`` record, with those lines too). Children are forked from
 a "forkserver" that has imported boltzbench once, so a cell starts in well under a second
 with a clean, single-threaded torch, and runs with the torch threads it is given.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing
 import os
 import signal
@@ -27,6 +29,8 @@ from boltzbench.matrix import Cell
 from boltzbench.runner import CellOutcome, failed_record, run_cell
 
 _CONTEXT: Any = None
+TAIL_LINES = 20  # lines of a dead cell's stderr in its record,
+TAIL_WIDTH = 200  # each cut to this many characters: at most about 4 KB
 
 
 def kill_grace_s(timeout_s: float) -> float:
@@ -86,10 +90,23 @@ def _exit_with_parent() -> None:
         threading.Thread(target=watch, name="boltzbench-exit-with-parent", daemon=True).start()
 
 
-def _cell_process(conn, cell: Cell, matrix: dict[str, Any] | None, timeout_s: float | None, threads: int,
-                  keep_samples: bool, environ: dict[str, str]) -> None:
+def _stderr_to(pipe) -> None:
+    """Make the write end ``pipe`` of the parent's :class:`_StderrTee` this process's file
+    descriptor 2 (so the output of compiled code is caught too, not only ``sys.stderr``'s),
+    and let :mod:`faulthandler` print the Python stack there on SIGSEGV, SIGBUS, SIGABRT,
+    SIGFPE or SIGILL."""
+    sys.stderr.flush()
+    os.dup2(pipe.fileno(), 2)
+    pipe.close()
+    faulthandler.enable(file=2, all_threads=False)  # the crashing thread: the cell's, in a short tail
+
+
+def _cell_process(conn, stderr, cell: Cell, matrix: dict[str, Any] | None, timeout_s: float | None,
+                  threads: int, keep_samples: bool, environ: dict[str, str]) -> None:
     """The body of a cell's process: ``threads`` torch threads, then the cell; progress
-    fractions and the outcome go to the parent over ``conn``."""
+    fractions and the outcome go to the parent over ``conn``, file descriptor 2 to the pipe
+    ``stderr``."""
+    _stderr_to(stderr)
     os.setsid()  # a process group of its own: the parent kills it whole, with what the cell started
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it then kills this process
     _exit_with_parent()
@@ -105,6 +122,75 @@ def _cell_process(conn, cell: Cell, matrix: dict[str, Any] | None, timeout_s: fl
             cell, matrix, f"the cell's result could not be sent to the run: {type(exc).__name__}: {exc}",
             threads=threads), None)))
     conn.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to ``fd`` whole; drop it if ``fd`` cannot take it (a closed stderr)."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        pass
+
+
+class _StderrTee:
+    """The read end of the pipe that is a cell process's file descriptor 2.
+
+    :meth:`copy` passes what the child wrote on to this process's fd 2 at once (live output,
+    as when the child wrote there itself) and keeps the last ``keep`` bytes, for the record
+    of a cell that dies. What the child wrote before it died, even by SIGKILL, is in the
+    pipe: one :meth:`copy` after its death gets it all.
+    """
+
+    def __init__(self, receiver, keep: int = 1 << 16):  # room for long lines, e.g. faulthandler's module list
+        self.receiver, self.keep, self.kept, self.open = receiver, keep, bytearray(), True
+        os.set_blocking(receiver.fileno(), False)
+
+    def waitables(self) -> list[Any]:
+        """What to add to :func:`connection.wait`: the pipe, until every writer closed it."""
+        return [self.receiver] if self.open else []
+
+    def copy(self) -> None:
+        """Pass on and keep what the pipe holds now; never blocks."""
+        while self.open:
+            try:
+                chunk = os.read(self.receiver.fileno(), 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self.open = False  # end of file: no process holds the write end
+                return
+            _write_all(2, chunk)
+            self.kept += chunk
+            del self.kept[:-self.keep]
+
+    def close(self) -> None:
+        self.open = False
+        self.receiver.close()
+
+
+def stderr_tail(data: bytes, lines: int = TAIL_LINES, width: int = TAIL_WIDTH) -> str:
+    """The last ``lines`` lines of ``data`` (UTF-8, undecodable bytes replaced), trailing
+    whitespace dropped, each line cut to ``width`` characters; "" when ``data`` is blank."""
+    text = data.decode("utf-8", errors="replace").rstrip()
+    return "\n".join(line if len(line) <= width else line[:width] + " …" for line in text.splitlines()[-lines:])
+
+
+def with_stderr_tail(error: str, tail: str) -> str:
+    """``error`` then, if the cell's process wrote anything to stderr, its last lines."""
+    return f"{error}\nlast lines the cell's process wrote to stderr:\n{tail}" if tail else error
+
+
+def _join(process, stderr: _StderrTee, timeout: float) -> None:
+    """Wait up to ``timeout`` s for ``process`` to end, copying its stderr meanwhile (a child
+    whose stderr pipe is full would block and never end)."""
+    end = time.monotonic() + timeout
+    while True:
+        ready = connection.wait([process.sentinel, *stderr.waitables()], max(0.0, end - time.monotonic()))
+        stderr.copy()
+        if process.sentinel in ready or time.monotonic() >= end:
+            return
 
 
 def _kill_group(pid: int) -> None:
@@ -143,14 +229,20 @@ def run_cell_in_process(cell: Cell, *, matrix: dict[str, Any] | None = None, tim
     ``keep_samples``. A child that ends without an outcome (os._exit, a segfault, the OOM
     killer) gives a ``failed`` record naming its exit code or signal; one still running
     ``kill_grace_s(timeout_s)`` after ``timeout_s`` is killed and gives a ``timeout`` record.
+    Both end with the last lines (:func:`stderr_tail`) the child wrote to its file
+    descriptor 2, a pipe to this process, which passes them on to its own fd 2 as they come.
     """
     context = _context()
     receiver, sender = context.Pipe(duplex=False)
+    err_receiver, err_sender = context.Pipe(duplex=False)  # raw bytes, not messages: see _StderrTee
     process = context.Process(target=_cell_process, name=f"boltzbench-cell-{cell.cell_id}",
-                              args=(sender, cell, matrix, timeout_s, threads, keep_samples, dict(os.environ)))
+                              args=(sender, err_sender, cell, matrix, timeout_s, threads, keep_samples,
+                                    dict(os.environ)))
     with _starting_child():
         process.start()
     sender.close()  # the child holds the only write end (a grandchild may inherit it: see below)
+    err_sender.close()
+    stderr = _StderrTee(err_receiver)
     kill_at = None if timeout_s is None else time.monotonic() + timeout_s + kill_grace_s(timeout_s)
     outcome, ended, progress = None, False, 0.0
     try:
@@ -159,8 +251,10 @@ def run_cell_in_process(cell: Cell, *, matrix: dict[str, Any] | None = None, tim
             if wait is not None and wait <= 0:
                 break  # past the kill time
             # the pipe has data, or the child ended (its sentinel: a grandchild that inherited
-            # the pipe must not hide the child's death by keeping the pipe open)
-            if not connection.wait([receiver, process.sentinel], wait):
+            # the pipe must not hide the child's death by keeping the pipe open), or wrote to stderr
+            ready = connection.wait([receiver, process.sentinel, *stderr.waitables()], wait)
+            stderr.copy()
+            if receiver not in ready and process.sentinel not in ready:
                 continue
             if not receiver.poll():
                 ended = True
@@ -178,18 +272,23 @@ def run_cell_in_process(cell: Cell, *, matrix: dict[str, Any] | None = None, tim
                     on_progress(value)
     finally:
         receiver.close()
-        process.join(timeout=5.0 if outcome is not None or ended else 0.0)
+        _join(process, stderr, 5.0 if outcome is not None or ended else 0.0)
         if process.is_alive():
             process.kill()
             process.join()
         _kill_group(process.pid)
+        stderr.copy()  # the rest: all that the child and its group wrote is in the pipe now
+        stderr.close()
     exitcode = process.exitcode
     process.close()
+    tail = stderr_tail(stderr.kept)
     if outcome is not None:
         return outcome
     if ended:
-        return CellOutcome(failed_record(cell, matrix, _death(exitcode), threads=threads), None)
+        return CellOutcome(failed_record(cell, matrix, with_stderr_tail(_death(exitcode), tail), threads=threads),
+                           None)
     error = (f"per-cell timeout of {timeout_s:g} s: the cell did not stop at its deadline (a step that "
              f"never checks the budget, or a hang) and was killed {kill_grace_s(timeout_s):g} s later, "
              f"at {100 * progress:.0f} % of the budget; no curve is kept")
-    return CellOutcome(failed_record(cell, matrix, error, status="timeout", threads=threads), None)
+    return CellOutcome(failed_record(cell, matrix, with_stderr_tail(error, tail), status="timeout", threads=threads),
+                       None)

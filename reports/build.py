@@ -453,10 +453,17 @@ def system_blocks(group: list[dict[str, Any]], figure_dir: Path, records_dir: Pa
     return blocks
 
 
+def first_line(error: str) -> str:
+    """An error's first line, for a table cell; longer errors (a dead cell's stderr tail,
+    :func:`boltzbench.isolation.with_stderr_tail`) are named as being in the record."""
+    head, _, rest = str(error).strip().partition("\n")
+    return f"{head} (more in the record's error)" if rest.strip() else head
+
+
 def failed_blocks(failed: list[dict[str, Any]]) -> list[Block]:
     if not failed:
         return []
-    rows = [[r["system"]["label"], r["sampler"]["label"], r["seed"], r["status"], _cell(r.get("error") or ""),
+    rows = [[r["system"]["label"], r["sampler"]["label"], r["seed"], r["status"], _cell(first_line(r.get("error") or "")),
              f"`{r.get('cell_id', '?')}`"] for r in failed]
     return [Heading(2, "Failed cells"), table(["system", "sampler", "seed", "status", "error", "cell"], rows)]
 

@@ -351,3 +351,16 @@ def test_environment_is_one_line_per_machine_and_names_each_plugin_once():
     texts = [getattr(b, "text", "") for b in blocks]
     assert any(t.startswith("Python 3.11 on linux; 2 CPUs") for t in texts), texts
     assert "Plugins: mtm: boltzbench-mtm 0.2.0." in texts
+
+
+def test_a_failed_cells_table_shows_an_errors_first_line_and_points_to_the_rest():
+    """A dead cell's error ends with up to 20 lines of its stderr: the table keeps one line."""
+    from boltzbench.reports.build import failed_blocks, first_line
+
+    error = "the cell's process was killed by SIGSEGV\nlast lines the cell's process wrote to stderr:\nFatal Python error"
+    assert first_line(error) == "the cell's process was killed by SIGSEGV (more in the record's error)"
+    assert first_line("one line only\n  \n") == "one line only"
+    record = {"system": {"label": "dw4"}, "sampler": {"label": "md"}, "seed": 0, "status": "failed",
+              "error": error, "cell_id": "abc"}
+    text = str(failed_blocks([record])[1])
+    assert "killed by SIGSEGV" in text and "Fatal Python error" not in text

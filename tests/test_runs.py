@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 from boltzbench import Budget, load_matrix, make_cell, run_matrix
 from boltzbench.cli import main
 from boltzbench.distributed import START_ATTEMPTS
-from boltzbench.isolation import run_cell_in_process
+from boltzbench.isolation import TAIL_LINES, TAIL_WIDTH, run_cell_in_process, stderr_tail
 from boltzbench.runner import run_cell
 from boltzbench.samplers.mc import MetropolisMC
 from boltzbench.store import Store
@@ -75,8 +76,13 @@ def test_a_dead_cell_is_a_failed_record_the_serial_run_goes_on_and_a_rerun_exits
     records = by_label(tmp_path / "out")
     assert records["exits"]["status"] == "failed"
     assert "the cell's process exited with code 1 before it returned a result" in records["exits"]["error"]
+    assert records["exits"]["error"].endswith("see the run's stderr)")  # it wrote nothing: no tail
     assert records["segfaults"]["status"] == "failed"
     assert "killed by SIGSEGV (signal 11); a segmentation fault" in records["segfaults"]["error"]
+    # faulthandler's report, with the sampler's frame, from the child's file descriptor 2
+    assert ("before it returned a result\nlast lines the cell's process wrote to stderr:\n"
+            "Fatal Python error: Segmentation fault\n") in records["segfaults"]["error"]
+    assert re.search(r'dying_sampler\.py", line \d+ in run\n', records["segfaults"]["error"])
     assert records["mc"]["status"] == "ok" and len(records["mc"]["curve"]) == 3
     assert records["exits"]["env"]["torch_threads"] == records["mc"]["env"]["torch_threads"] == 1
     assert "1 ok, 2 failed" in capsys.readouterr().out
@@ -95,7 +101,39 @@ def test_a_hung_cell_is_killed_after_timeout_and_grace_and_the_serial_run_goes_o
     hung = by_label(tmp_path / "out")["hangs"]
     assert hung["status"] == "timeout"
     assert "per-cell timeout of 1 s: the cell did not stop at its deadline" in hung["error"]
-    assert "was killed 2 s later, at 33 % of the budget" in hung["error"]
+    assert hung["error"].endswith("was killed 2 s later, at 33 % of the budget; no curve is kept\n"
+                                  "last lines the cell's process wrote to stderr:\n"
+                                  "hangs: asleep, whatever the deadline")
+
+
+def test_a_dead_cell_names_its_last_stderr_lines_which_reached_the_run_live(plugins, capfd):
+    """A cell writes 25 lines to sys.stderr and one to fd 2, then os._exit(3): its failed
+    record ends with the last 20 of them; each reached this process's fd 2 as it was written
+    (those before the first snapshot already at its progress call), and no descriptor is left open."""
+    cell = make_cell("double_well", "dying_sampler:TalksThenDies", budget=Budget(max_evals=16 * 300, n_snapshots=3),
+                     sampler_params={"n_chains": 16})
+    capfd.readouterr()
+    at_progress = []
+    outcome = run_cell_in_process(cell, on_progress=lambda _: at_progress.append(capfd.readouterr().err))
+    lines = [f"talks_then_dies line {i}" for i in range(25)] + ["talks_then_dies: last words, on fd 2"]
+    assert len(at_progress) == 1 and at_progress[0].startswith("".join(line + "\n" for line in lines[:25]))
+    assert at_progress[0] + capfd.readouterr().err == "".join(line + "\n" for line in lines)  # each once
+    assert outcome.record["status"] == "failed"
+    assert outcome.record["error"] == ("the cell's process exited with code 3 before it returned a result (os._exit "
+                                       "or sys.exit in the sampler or a plugin, or a failure to start: see the run's "
+                                       "stderr)\nlast lines the cell's process wrote to stderr:\n"
+                                       + "\n".join(lines[-TAIL_LINES:]))
+    descriptors = len(os.listdir("/proc/self/fd"))
+    run_cell_in_process(cell)
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+
+
+def test_stderr_tail_keeps_the_last_lines_each_cut_to_width():
+    data = b"".join(f"{i}\n".encode() for i in range(30)) + b"x" * 500 + b"\n\xff\n  \n\n"
+    tail = stderr_tail(data).split("\n")
+    assert len(tail) == TAIL_LINES and tail[0] == "12" and tail[-1] == "\ufffd"  # undecodable byte replaced
+    assert tail[-2] == "x" * TAIL_WIDTH + " …"
+    assert stderr_tail(b"") == stderr_tail(b" \n\t\n") == ""
 
 
 def test_a_cell_process_sends_progress_and_runs_with_the_threads_asked():

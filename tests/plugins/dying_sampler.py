@@ -35,6 +35,24 @@ class AlwaysDies(MetropolisMC):
 
 
 @dataclass
+class TalksThenDies(MetropolisMC):
+    """Writes ``lines`` numbered lines to ``sys.stderr``, yields a snapshot, writes a last
+    line to file descriptor 2 directly (as compiled code would), then calls ``os._exit(3)``."""
+
+    name: ClassVar[str] = "talks_then_dies"
+    lines: int = param(25, "numbered lines written to sys.stderr before the first snapshot")
+
+    def run(self, system, budget, generator):
+        import sys
+
+        for i in range(self.lines):
+            print(f"talks_then_dies line {i}", file=sys.stderr)
+        yield next(super().run(system, budget, generator))
+        os.write(2, b"talks_then_dies: last words, on fd 2\n")
+        os._exit(3)
+
+
+@dataclass
 class Segfaults(MetropolisMC):
     """Crashes its process with a segmentation fault, as a bug in compiled code would."""
 
@@ -49,14 +67,17 @@ class Segfaults(MetropolisMC):
 
 @dataclass
 class Hangs(MetropolisMC):
-    """Ignores its budget and its deadline: yields one snapshot, then sleeps forever."""
+    """Ignores its budget and its deadline: yields one snapshot, says so on stderr, then
+    sleeps forever."""
 
     name: ClassVar[str] = "hangs"
 
     def run(self, system, budget, generator):
+        import sys
         import time
 
         yield next(super().run(system, budget, generator))
+        print("hangs: asleep, whatever the deadline", file=sys.stderr)
         while True:
             time.sleep(0.1)
 
