@@ -8,7 +8,7 @@ mean-free Gaussian base (t = 0) to the configurations (t = 1) along dx/dt = v_θ
                                                                            change of variables)
 
 The divergence is exact (the trace of the D×D Jacobian, D = N·d ≤ 39, by D vector-Jacobian
-products, ``torch.func.vmap(torch.func.jacrev(...))``); the ODE is solved by torchdiffeq
+products); the ODE is solved by torchdiffeq
 (``odeint``, dopri5, rtol = atol = ``spec["ode_tol"]``).
 
 Vector field: an EGNN (Satorras, Hoogeboom & Welling, "E(n) equivariant graph neural
@@ -56,7 +56,6 @@ from boltzbench.samplers.flows.base import LOG_2PI, GaussianBase
 from boltzbench.samplers.flows.layers import linear
 
 N_TIME_FEATURES = 3  #: t, sin(πk t), cos(πk t) for k = 1..N_TIME_FEATURES
-JAC_ELEMENTS = 2**21  #: batch rows per vmap chunk: JAC_ELEMENTS // (D·N²)
 
 
 # ------------------------------------------------------------------------ base
@@ -207,15 +206,21 @@ class EquivariantCNF(nn.Module):
         return self.field(t, x.reshape(b, self.n_particles, self.spatial_dim)).reshape(b, -1)
 
     def velocity_and_divergence(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """v and its exact divergence tr(∂v/∂x) (D vector-Jacobian products per row, vmapped;
-        a function transform, so it works under an outer ``torch.no_grad``)."""
-        def single(xi):
-            v = self.velocity(t, xi[None])[0]
-            return v, v
-
-        chunk = max(1, JAC_ELEMENTS // (self.dim * self.n_particles ** 2))
-        jac, v = torch.func.vmap(torch.func.jacrev(single, has_aux=True), chunk_size=chunk)(x)
-        return v, jac.diagonal(dim1=-2, dim2=-1).sum(-1)
+        """v and its exact divergence tr(∂v/∂x): one forward pass and D backward passes, each
+        giving one diagonal element ∂v_k/∂x_k for the whole batch (on the CPU 3–4× faster than
+        ``torch.func.vmap(torch.func.jacrev(...))``, measured for DW-4 and LJ-13). Under an
+        outer ``torch.no_grad`` both results are detached; with gradients on they stay
+        differentiable (e.g. the Jacobian of the time-1 map by autograd)."""
+        differentiable = torch.is_grad_enabled()
+        with torch.enable_grad():
+            x = x if x.requires_grad else x.detach().requires_grad_(True)
+            v = self.velocity(t, x)
+            div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+            for k in range(self.dim):
+                (grad,) = torch.autograd.grad(v[:, k].sum(), x, retain_graph=differentiable or k < self.dim - 1,
+                                              create_graph=differentiable)
+                div = div + grad[:, k]
+        return (v, div) if differentiable else (v.detach(), div.detach())
 
     def _integrate(self, z: torch.Tensor, t0: float, t1: float) -> tuple[torch.Tensor, torch.Tensor]:
         from torchdiffeq import odeint
