@@ -182,6 +182,31 @@ def test_aligned_distance_is_the_kabsch_minimum_and_no_rotation_beats_it(d):
         assert (((a @ r.T - b) ** 2).sum((-1, -2)) >= by_kabsch - 1e-10).all()
 
 
+def test_aligned_distance_in_3d_is_exact_for_degenerate_point_sets():
+    """The closed-form 3×3 eigenvalues where they are delicate: a set against itself rotated
+    (distance 0), collinear and planar sets (rank-deficient H), equal eigenvalues (a regular
+    tetrahedron: HᵀH ∝ I). Repeated eigenvalues of HᵀH cost precision (φ = arccos(r)/3 near
+    r = ±1, and σ = √λ): within 1e-4·(|a|² + |b|²), ample for a transport cost."""
+    from boltzbench.samplers.flows.flow_matching import _symmetric_3x3_eigenvalues
+
+    gen = torch.Generator().manual_seed(3)
+    line = torch.linspace(-1, 1, 5, dtype=torch.float64)[:, None] * torch.tensor([[1.0, 2.0, -0.5]], dtype=torch.float64)
+    plane = torch.randn(5, 3, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    tetra = torch.tensor([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float64)
+    for a in (line, plane - plane.mean(0), tetra):
+        for r in (torch.eye(3, dtype=torch.float64), random_rotation(3, 11)):
+            b = a @ r.T
+            scale = float(2 * (a * a).sum())
+            assert abs(float(aligned_sq_distance(a[None], b[None])[0])) < 1e-4 * scale
+            noisy = b + 0.1 * torch.randn(b.shape, generator=gen, dtype=torch.float64)
+            noisy = noisy - noisy.mean(0)
+            by_kabsch = ((a @ kabsch(a[None], noisy[None])[0].T - noisy) ** 2).sum()
+            assert abs(float(aligned_sq_distance(a[None], noisy[None])[0] - by_kabsch)) < 1e-4 * scale
+    m = torch.randn(1000, 3, 3, generator=gen, dtype=torch.float64)
+    sym = m @ m.transpose(-1, -2)
+    assert torch.allclose(_symmetric_3x3_eigenvalues(sym), torch.linalg.eigvalsh(sym).flip(-1), atol=1e-9)
+
+
 def test_exact_alignment_is_the_brute_force_minimum_over_permutations_and_rotations():
     """DW-4-sized (4 identical particles in 2D: 24 permutations): the enumerated alignment
     reaches the minimum over all permutations of a, each rotated optimally."""
