@@ -79,19 +79,35 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     }
 
 
-def to_samples(snapshot: Snapshot, system: System) -> Samples:
-    """The NumPy view of a snapshot, with the system's observables and state labels."""
-    positions = snapshot.positions
-    lead = positions.shape[:2]
-    flat = positions.reshape(-1, positions.shape[-1])
+def to_samples(snapshot: Snapshot, system: System, previous: Samples | None = None) -> Samples:
+    """The NumPy view of a snapshot, with the system's observables and state labels.
+
+    When the snapshot extends ``previous`` (the same chains, whose first T' draws are
+    ``previous.positions``: a chain sampler's growing trace), only the new draws' observables
+    and states are computed; recomputing them all at every snapshot made the analysis of a
+    cell quadratic in its snapshots (a ternary2d MD cell of the default matrix spent more
+    time on pair distances than on sampling)."""
+    positions = snapshot.positions.detach().cpu().numpy()
+    start = 0
+    if (previous is not None and positions.shape[1:] == previous.positions.shape[1:]
+            and len(positions) >= len(previous.positions)
+            and np.array_equal(positions[:len(previous.positions)], previous.positions)):
+        start = len(previous.positions)
+    new = snapshot.positions[start:]
+    lead = new.shape[:2]
+    flat = new.reshape(-1, new.shape[-1])
     observables = {k: v.reshape(*lead, *v.shape[1:]).detach().cpu().numpy()
                    for k, v in system.observables(flat).items()}
+    states = system.state_of(flat).reshape(lead).cpu().numpy()
+    if start:
+        observables = {k: np.concatenate([previous.observables[k], v]) for k, v in observables.items()}
+        states = np.concatenate([previous.states, states])
     return Samples(
-        positions=positions.detach().cpu().numpy(),
+        positions=positions,
         energies=snapshot.energies.detach().cpu().numpy(),
         log_weights=None if snapshot.log_weights is None else snapshot.log_weights.detach().cpu().numpy(),
         observables=observables,
-        states=system.state_of(flat).reshape(lead).cpu().numpy(),
+        states=states,
         families=None if snapshot.families is None else snapshot.families.detach().cpu().numpy(),
     )
 
@@ -226,7 +242,7 @@ def run_cell(cell: Cell, *, matrix: dict[str, Any] | None = None, timeout_s: flo
             if snapshot is None:
                 break
             _check_finite(snapshot)
-            samples = to_samples(snapshot, system)
+            samples = to_samples(snapshot, system, samples)
             values = {name: None if isinstance(reference, dict) and getattr(metric, "needs_reference", True)
                       else _metric_value(name, metric(samples, reference)) for name, metric in metrics.items()}
             # the cost is the ledger's, whatever the snapshot says (its clock is stopped here)

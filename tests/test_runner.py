@@ -208,3 +208,35 @@ def test_run_builds_missing_references_first(tmp_path, monkeypatch, capsys):
     assert main(["run", str(path), "--out", str(tmp_path / "out2"), "--no-progress", "--scheduler", "serial",
                  "--no-report"]) == 0
     assert "building" not in capsys.readouterr().err
+
+
+def test_observables_of_a_growing_chain_trace_are_computed_once_per_draw(monkeypatch):
+    """A chain sampler's snapshots extend each other: the new draws' observables and states
+    are computed, not all of them at every snapshot (quadratic in the number of snapshots),
+    and the result equals computing them all at the end; a snapshot that does not extend the
+    previous one (other draws) is computed whole."""
+    import torch
+
+    from boltzbench import get_sampler, get_system
+    from boltzbench.contracts import Snapshot
+    from boltzbench.runner import to_samples
+
+    system = get_system("ternary2d")
+    snapshots = list(get_sampler("mc", n_chains=4, thin=10, step=0.02).run(
+        system, Budget(max_evals=4 * 400, n_snapshots=8), torch.Generator().manual_seed(0)))
+    rows = []
+    original = system.observables
+    monkeypatch.setattr(system, "observables", lambda x: rows.append(len(x)) or original(x))
+    samples = None
+    for snapshot in snapshots:
+        samples = to_samples(snapshot, system, samples)
+    assert len(snapshots) >= 5 and sum(rows) == samples.positions.shape[0] * samples.positions.shape[1]
+    whole = to_samples(snapshots[-1], system)
+    assert set(whole.observables) == set(samples.observables)
+    for key, value in whole.observables.items():
+        np.testing.assert_array_equal(samples.observables[key], value)
+    np.testing.assert_array_equal(samples.states, whole.states)
+    other = Snapshot(snapshots[-1].positions.flip(0), snapshots[-1].energies.flip(0), None, {})
+    flipped = to_samples(other, system, samples)
+    np.testing.assert_array_equal(flipped.observables["energy_per_particle"],
+                                  whole.observables["energy_per_particle"][::-1])
