@@ -93,15 +93,18 @@ def to_samples(snapshot: Snapshot, system: System, previous: Samples | None = No
             and len(positions) >= len(previous.positions)
             and np.array_equal(positions[:len(previous.positions)], previous.positions)):
         start = len(previous.positions)
-    new = snapshot.positions[start:]
-    lead = new.shape[:2]
-    flat = new.reshape(-1, new.shape[-1])
-    observables = {k: v.reshape(*lead, *v.shape[1:]).detach().cpu().numpy()
-                   for k, v in system.observables(flat).items()}
-    states = system.state_of(flat).reshape(lead).cpu().numpy()
-    if start:
-        observables = {k: np.concatenate([previous.observables[k], v]) for k, v in observables.items()}
-        states = np.concatenate([previous.states, states])
+    if start and start == len(positions):  # no new draw since the previous snapshot
+        observables, states = previous.observables, previous.states
+    else:
+        new = snapshot.positions[start:]
+        lead = new.shape[:2]
+        flat = new.reshape(-1, new.shape[-1])
+        observables = {k: v.reshape(*lead, *v.shape[1:]).detach().cpu().numpy()
+                       for k, v in system.observables(flat).items()}
+        states = system.state_of(flat).reshape(lead).cpu().numpy()
+        if start:
+            observables = {k: np.concatenate([previous.observables[k], v]) for k, v in observables.items()}
+            states = np.concatenate([previous.states, states])
     return Samples(
         positions=positions,
         energies=snapshot.energies.detach().cpu().numpy(),

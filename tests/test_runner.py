@@ -236,6 +236,10 @@ def test_observables_of_a_growing_chain_trace_are_computed_once_per_draw(monkeyp
     for key, value in whole.observables.items():
         np.testing.assert_array_equal(samples.observables[key], value)
     np.testing.assert_array_equal(samples.states, whole.states)
+    computed = sum(rows)
+    again = to_samples(snapshots[-1], system, samples)  # a snapshot with no new draw: nothing computed
+    assert sum(rows) == computed
+    np.testing.assert_array_equal(again.observables["energy_per_particle"], whole.observables["energy_per_particle"])
     other = Snapshot(snapshots[-1].positions.flip(0), snapshots[-1].energies.flip(0), None, {})
     flipped = to_samples(other, system, samples)
     np.testing.assert_array_equal(flipped.observables["energy_per_particle"],
