@@ -31,6 +31,7 @@ from boltzbench.runner import CellOutcome, failed_record, run_cell
 _CONTEXT: Any = None
 TAIL_LINES = 20  # lines of a dead cell's stderr in its record,
 TAIL_WIDTH = 200  # each cut to this many characters: at most about 4 KB
+COPY_LIMIT = 1 << 20  # bytes of a cell's stderr passed on per look at the pipe (Linux's pipe-max-size)
 
 
 def kill_grace_s(timeout_s: float) -> float:
@@ -140,7 +141,8 @@ class _StderrTee:
     :meth:`copy` passes what the child wrote on to this process's fd 2 at once (live output,
     as when the child wrote there itself) and keeps the last ``keep`` bytes, for the record
     of a cell that dies. What the child wrote before it died, even by SIGKILL, is in the
-    pipe: one :meth:`copy` after its death gets it all.
+    pipe: one :meth:`copy` after its death gets it all (a pipe holds at most
+    ``COPY_LIMIT``, the largest capacity an unprivileged process can give it).
     """
 
     def __init__(self, receiver, keep: int = 1 << 16):  # room for long lines, e.g. faulthandler's module list
@@ -152,16 +154,20 @@ class _StderrTee:
         return [self.receiver] if self.open else []
 
     def copy(self) -> None:
-        """Pass on and keep what the pipe holds now; never blocks."""
-        while self.open:
+        """Pass on and keep what the pipe holds now, at most ``COPY_LIMIT`` bytes: a cell that
+        writes faster than this process's fd 2 takes output must not keep its caller from the
+        kill time. Never blocks on the pipe."""
+        left = COPY_LIMIT
+        while self.open and left > 0:
             try:
-                chunk = os.read(self.receiver.fileno(), 65536)
+                chunk = os.read(self.receiver.fileno(), min(65536, left))
             except BlockingIOError:
                 return
             if not chunk:
                 self.open = False  # end of file: no process holds the write end
                 return
             _write_all(2, chunk)
+            left -= len(chunk)
             self.kept += chunk
             del self.kept[:-self.keep]
 

@@ -86,8 +86,9 @@ def to_samples(snapshot: Snapshot, system: System, previous: Samples | None = No
     ``previous.positions``: a chain sampler's growing trace), only the new draws' observables
     and states are computed; recomputing them all at every snapshot made the analysis of a
     cell quadratic in its snapshots (a ternary2d MD cell of the default matrix spent more
-    time on pair distances than on sampling)."""
-    positions = snapshot.positions.detach().cpu().numpy()
+    time on pair distances than on sampling). ``positions`` is a copy: a sampler may move the
+    tensor it yielded in place, and the next snapshot would then seem to extend this one."""
+    positions = snapshot.positions.detach().cpu().numpy().copy()
     start = 0
     if (previous is not None and positions.shape[1:] == previous.positions.shape[1:]
             and len(positions) >= len(previous.positions)
@@ -96,7 +97,7 @@ def to_samples(snapshot: Snapshot, system: System, previous: Samples | None = No
     if start and start == len(positions):  # no new draw since the previous snapshot
         observables, states = previous.observables, previous.states
     else:
-        new = snapshot.positions[start:]
+        new = torch.from_numpy(positions[start:])  # the copy, as the observables may be views of it
         lead = new.shape[:2]
         flat = new.reshape(-1, new.shape[-1])
         observables = {k: v.reshape(*lead, *v.shape[1:]).detach().cpu().numpy()

@@ -207,6 +207,19 @@ def test_aligned_distance_in_3d_is_exact_for_degenerate_point_sets():
     assert torch.allclose(_symmetric_3x3_eigenvalues(sym), torch.linalg.eigvalsh(sym).flip(-1), atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_aligned_distance_of_sets_with_isotropic_h_is_finite_in_every_dtype(dtype):
+    """HᵀH = c·I exactly (p = 0 in the closed form): one particle (a centred set is the
+    origin) and a set against zero; in float32 the old guard p ≥ 1e-300 was 0, so 0/0 = NaN."""
+    from boltzbench.samplers.flows.flow_matching import _symmetric_3x3_eigenvalues
+
+    tetra = torch.tensor([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=dtype)
+    assert torch.equal(aligned_sq_distance(torch.zeros(2, 1, 3, dtype=dtype), torch.zeros(2, 1, 3, dtype=dtype)),
+                       torch.zeros(2, dtype=dtype))
+    assert float(aligned_sq_distance(tetra, torch.zeros_like(tetra))) == pytest.approx(12.0)  # |a|² + 0 − 0
+    assert torch.equal(_symmetric_3x3_eigenvalues(4 * torch.eye(3, dtype=dtype)), torch.full((3,), 4.0, dtype=dtype))
+
+
 def test_exact_alignment_is_the_brute_force_minimum_over_permutations_and_rotations():
     """DW-4-sized (4 identical particles in 2D: 24 permutations): the enumerated alignment
     reaches the minimum over all permutations of a, each rotated optimally."""
@@ -323,3 +336,5 @@ def test_bad_input_names_the_field():
     assert info.value.field == "base"
     with pytest.raises(ValueError, match="species"):
         EquivariantCNF(cluster_spec(3, 2, species=[0, 1]))
+    with pytest.raises(ValueError, match=r"n_particles'\] must be >= 2"):  # was: "not enough values to unpack"
+        EquivariantCNF(cluster_spec(1, 3))

@@ -440,6 +440,34 @@ def test_reused_flow_gives_identical_samples_and_charges_the_original_setup(trai
 # ------------------------------------------------------------------- robustness, contract
 
 
+@pytest.mark.parametrize("max_wall_s", [10.0, 16.0, 20.0, 30.0])
+def test_reweighting_on_a_wall_clock_budget_yields_n_snapshots_the_last_at_exhaustion(monkeypatch, max_wall_s):
+    """On a clock that moves 1 s at every reading, the budget can run out between a batch's
+    two checks: ``exhausted`` read first (not yet), then ``due`` (spent: a snapshot), then one
+    more batch and a second snapshot past the end; or fewer than n_snapshots (before the fix
+    3, 5, 5, 5 of 4 for these budgets)."""
+    import itertools
+
+    import boltzbench.contracts as contracts
+
+    ticks = itertools.count(0.0, 1.0)
+    monkeypatch.setattr(contracts.time, "perf_counter", lambda: float(next(ticks)))
+    system = DoubleWell()
+    sampler = FlowSampler(sample_batch=64)
+
+    def flow_batch(bg, system, n, gen):  # the trained flow's batch, stubbed: charged, finite
+        system.ledger.charge(energy=n)
+        zeros = torch.zeros(n, dtype=torch.float64)
+        return torch.zeros(n, 2, dtype=torch.float64), zeros, zeros, torch.ones(n, dtype=torch.bool)
+
+    monkeypatch.setattr(sampler, "_flow_batch", flow_batch)
+    monkeypatch.setattr(sampler, "_common", lambda bg, info: {})
+    budget = Budget(max_wall_s=max_wall_s, n_snapshots=4)
+    snapshots = list(sampler._reweight(None, system, budget, torch.Generator(), {}))
+    assert len(snapshots) == 4
+    assert snapshots[-1].cost["total_wall_s"] >= max_wall_s
+
+
 def test_nan_energies_are_dropped_and_counted_never_recorded():
     system = NanWell()
     sampler = FlowSampler(data_sampler="mc", data_step=0.5, data_steps=300, train_steps=60, kl_start=0.0,

@@ -244,3 +244,27 @@ def test_observables_of_a_growing_chain_trace_are_computed_once_per_draw(monkeyp
     flipped = to_samples(other, system, samples)
     np.testing.assert_array_equal(flipped.observables["energy_per_particle"],
                                   whole.observables["energy_per_particle"][::-1])
+
+
+def test_a_snapshot_whose_tensor_the_sampler_then_moves_in_place_gets_the_new_observables():
+    """A sampler may yield its live population tensor (1, C, dof) and move it in place before
+    the next snapshot: the previous samples must not alias that tensor, or the new snapshot
+    "extends" them trivially and keeps the observables of the old positions."""
+    import torch
+
+    from boltzbench import get_system
+    from boltzbench.contracts import Snapshot
+    from boltzbench.runner import to_samples
+
+    system = get_system("double_well")
+    x = torch.zeros(1, 3, system.dof, dtype=torch.float64)
+    first = to_samples(Snapshot(x, system.energy(x[0])[None], None, {}), system)
+    x += 1.0  # the sampler's next move, in place
+    second = to_samples(Snapshot(x, system.energy(x[0])[None], None, {}), system, first)
+    whole = to_samples(Snapshot(x.clone(), system.energy(x[0])[None], None, {}), system)
+    np.testing.assert_array_equal(second.states, whole.states)  # all in the right well: 1
+    for key, value in whole.observables.items():
+        np.testing.assert_array_equal(second.observables[key], value)
+    for key, value in first.observables.items():  # the first snapshot's numbers stay as they were
+        np.testing.assert_array_equal(value, np.zeros((1, 3)))
+    np.testing.assert_array_equal(first.positions, np.zeros((1, 3, system.dof)))

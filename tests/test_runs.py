@@ -128,6 +128,28 @@ def test_a_dead_cell_names_its_last_stderr_lines_which_reached_the_run_live(plug
     assert len(os.listdir("/proc/self/fd")) == descriptors
 
 
+def test_a_cell_flooding_stderr_faster_than_the_run_passes_it_on_is_still_killed_on_time(plugins, monkeypatch):
+    """The parent's fd 2 takes 64 KB per 20 ms while the cell floods it for 15 s and then hangs:
+    the cell is killed at timeout + grace (about 3 s), not once the flood ends (copying all
+    that the cell wrote before looking at the clock again kept it alive to ≥ 15 s)."""
+    import boltzbench.isolation as isolation
+
+    write_all = isolation._write_all
+
+    def slow_write_all(fd, data):  # a slow terminal or log collector on the run's stderr
+        time.sleep(0.02 * len(data) / 65536)
+        write_all(fd, data[-100:])  # keep the test's own stderr small
+
+    monkeypatch.setattr(isolation, "_write_all", slow_write_all)
+    cell = make_cell("double_well", "dying_sampler:FloodsThenHangs", budget=Budget(max_evals=16 * 300, n_snapshots=3),
+                     sampler_params={"n_chains": 16, "seconds": 15.0})
+    started = time.monotonic()
+    outcome = run_cell_in_process(cell, timeout_s=1.0)
+    assert time.monotonic() - started < 10
+    assert outcome.record["status"] == "timeout"
+    assert outcome.record["error"].split("wrote to stderr:\n")[1].count("flood") > 20
+
+
 def test_stderr_tail_keeps_the_last_lines_each_cut_to_width():
     data = b"".join(f"{i}\n".encode() for i in range(30)) + b"x" * 500 + b"\n\xff\n  \n\n"
     tail = stderr_tail(data).split("\n")

@@ -193,6 +193,8 @@ class EquivariantCNF(nn.Module):
         species = spec.get("species") or [0] * self.n_particles
         if len(species) != self.n_particles:
             raise ValueError(f"spec['species'] has {len(species)} entries for n_particles = {self.n_particles}")
+        if self.n_particles < 2:  # the centred positions of one particle are the origin: nothing to sample
+            raise ValueError(f"spec['n_particles'] must be >= 2 for equivariant flow matching, got {self.n_particles}")
         self.tol = float(spec.get("ode_tol", 1e-5))
         self.field = EGNNField(self.n_particles, species, int(spec["hidden"]), int(spec["n_layers"]), generator)
 
@@ -273,7 +275,7 @@ def _symmetric_3x3_eigenvalues(a: torch.Tensor) -> torch.Tensor:
     q = a.diagonal(dim1=-2, dim2=-1).sum(-1) / 3
     shifted = a - q[..., None, None] * torch.eye(3, dtype=a.dtype, device=a.device)
     p = torch.sqrt((shifted * shifted).sum((-1, -2)) / 6)
-    r = _det3(shifted / p.clamp_min(1e-300)[..., None, None]) / 2
+    r = _det3(shifted / p.clamp_min(torch.finfo(a.dtype).tiny)[..., None, None]) / 2  # (1e-300 is 0 in float32)
     phi = torch.arccos(r.clamp(-1.0, 1.0)) / 3
     first, last = q + 2 * p * torch.cos(phi), q + 2 * p * torch.cos(phi + 2 * math.pi / 3)
     return torch.stack([first, 3 * q - first - last, last], -1)
@@ -286,7 +288,8 @@ def aligned_sq_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     √((H₀₀ + H₁₁)² + (H₀₁ − H₁₀)²), in 3D the σ's are the roots of the closed-form eigenvalues
     of HᵀH (no batched SVD or LU: ~4× faster for the B² pairs of a minibatch; where HᵀH has
     repeated eigenvalues, e.g. collinear points, accurate to ~1e-4·(|a|² + |b|²), ample for a
-    transport cost). Returns (...)."""
+    transport cost; computed in float64 whatever the inputs' dtype). Returns (...) in a's dtype."""
+    dtype, a, b = a.dtype, a.double(), b.double()
     h = a.transpose(-1, -2) @ b
     if h.shape[-1] == 2:
         best = torch.hypot(h[..., 0, 0] + h[..., 1, 1], h[..., 0, 1] - h[..., 1, 0])
@@ -296,7 +299,7 @@ def aligned_sq_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         else:
             sv, det = torch.linalg.svdvals(h), torch.linalg.det(h)
         best = sv[..., :-1].sum(-1) + torch.sign(det) * sv[..., -1]
-    return (a * a).sum((-1, -2)) + (b * b).sum((-1, -2)) - 2.0 * best
+    return ((a * a).sum((-1, -2)) + (b * b).sum((-1, -2)) - 2.0 * best).to(dtype)
 
 
 MAX_ENUMERATED_PERMUTATIONS = 720  #: up to this many within-species permutations the alignment is exact

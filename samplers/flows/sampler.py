@@ -550,9 +550,10 @@ class FlowSampler(Sampler):
             xs.append(x[finite])
             us.append(u[finite])
             log_ws.append(log_w[finite])
-            exhausted = budget.exhausted(ledger)
             kept = sum(len(u) for u in us)
-            if kept and (schedule.due(ledger) or exhausted):
+            due = bool(kept) and schedule.due(ledger)
+            exhausted = budget.exhausted(ledger)  # after due: one clock reading, so both agree
+            if due or (kept and exhausted):
                 positions, energies, log_w_all = torch.cat(xs), torch.cat(us), torch.cat(log_ws)
                 xs, us, log_ws = [positions], [energies], [log_w_all]
                 shifted = log_w_all - log_w_all.max()

@@ -82,6 +82,25 @@ class Hangs(MetropolisMC):
             time.sleep(0.1)
 
 
+@dataclass
+class FloodsThenHangs(MetropolisMC):
+    """Ignores its deadline: writes to file descriptor 2 as fast as it can for ``seconds``,
+    then sleeps forever."""
+
+    name: ClassVar[str] = "floods_then_hangs"
+    seconds: float = param(15.0, "how long it floods fd 2")
+
+    def run(self, system, budget, generator):
+        import time
+
+        end, chunk = time.monotonic() + self.seconds, b"flood " * 10_000 + b"\n"
+        while time.monotonic() < end:
+            os.write(2, chunk)
+        while True:
+            time.sleep(0.1)
+        yield  # pragma: no cover
+
+
 def _kill_the_dask_worker():
     """Kill the Dask worker running this cell: the cell's process is a child of the fork
     server, itself a child of the worker."""
