@@ -16,8 +16,9 @@ Rows of the table:
   (N = 43, T = 0.5), 10⁵ evaluations: status and wall seconds.
 
 Without CUDA every CUDA entry reads "no CUDA"; the CPU entries still run, and the exit
-status is 1 when any cell or test failed, so the script cannot rot unnoticed. Every time is the best of a few repetitions after a warm-up, with
-``torch.cuda.synchronize()`` around timed CUDA work.
+status is 1 when any cell or test failed, so the script cannot rot unnoticed. Every time is
+the best of a few repetitions after a warm-up, with ``torch.cuda.synchronize()`` around
+timed CUDA work.
 """
 
 from __future__ import annotations

@@ -287,9 +287,9 @@ def run_cell_in_process(cell: Cell, *, matrix: dict[str, Any] | None = None, tim
         stderr.close()
     exitcode = process.exitcode
     process.close()
-    tail = stderr_tail(stderr.kept)
     if outcome is not None:
         return outcome
+    tail = stderr_tail(stderr.kept)
     if ended:
         return CellOutcome(failed_record(cell, matrix, with_stderr_tail(_death(exitcode), tail), threads=threads),
                            None)

@@ -182,7 +182,7 @@ def test_aligned_distance_is_the_kabsch_minimum_and_no_rotation_beats_it(d):
         assert (((a @ r.T - b) ** 2).sum((-1, -2)) >= by_kabsch - 1e-10).all()
 
 
-def test_aligned_distance_in_3d_is_exact_for_degenerate_point_sets():
+def test_aligned_distance_in_3d_agrees_with_kabsch_for_degenerate_point_sets():
     """The closed-form 3×3 eigenvalues where they are delicate: a set against itself rotated
     (distance 0), collinear and planar sets (rank-deficient H), equal eigenvalues (a regular
     tetrahedron: HᵀH ∝ I). Repeated eigenvalues of HᵀH cost precision (φ = arccos(r)/3 near

@@ -355,15 +355,10 @@ def align_to(a: torch.Tensor, target: torch.Tensor, species: np.ndarray) -> torc
         best = aligned_sq_distance(candidates, target[:, None]).argmin(1)
         a = candidates[torch.arange(len(a), device=a.device), best]
         return a @ kabsch(a, target).transpose(-1, -2)
-    best = None
-    for start in (a, a @ kabsch(a, target).transpose(-1, -2)):  # permute first, or rotate first
-        cand = _alternate(start, target, species)
-        if best is None:
-            best = cand
-        else:
-            better = ((cand - target) ** 2).sum((-1, -2)) < ((best - target) ** 2).sum((-1, -2))
-            best = torch.where(better[:, None, None], cand, best)
-    return best
+    permuted_first = _alternate(a, target, species)
+    rotated_first = _alternate(a @ kabsch(a, target).transpose(-1, -2), target, species)
+    closer = ((rotated_first - target) ** 2).sum((-1, -2)) < ((permuted_first - target) ** 2).sum((-1, -2))
+    return torch.where(closer[:, None, None], rotated_first, permuted_first)
 
 
 def equivariant_ot_pairs(x0: torch.Tensor, x1: torch.Tensor, species: np.ndarray) -> torch.Tensor:
