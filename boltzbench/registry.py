@@ -38,6 +38,7 @@ BUILTIN = {
         "pa": "boltzbench.samplers.population_annealing:PopulationAnnealing",
         "flow": "boltzbench.samplers.flows.sampler:FlowSampler",
         "swap_mc": "boltzbench.samplers.swap_mc:SwapMC",
+        "flow_swap": "boltzbench.samplers.flow_swap:FlowSwap",
     },
     "metrics": {
         "energy_w1": "boltzbench.metrics.wasserstein:energy_w1",

@@ -253,7 +253,7 @@ def test_cli_real_exit_code_in_a_subprocess(tmp_path):
 def test_cli_validate_good_matrix(capsys):
     assert main(["validate", str(QUICK)]) == 0
     stdout = capsys.readouterr().out
-    assert stdout.startswith("ok: matrix 'quick': 14 cells = 7 system × sampler pairs (2 systems) × 2 seeds")
+    assert stdout.startswith("ok: matrix 'quick': 16 cells = 8 system × sampler pairs (2 systems) × 2 seeds")
     for cell_id in ids(load_matrix(QUICK)):
         assert cell_id in stdout
 
