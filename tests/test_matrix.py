@@ -50,7 +50,7 @@ def test_quick_matrix_validates_and_expands(path):
     assert {c.sampler.name for c in cells} == set(BUILTIN["samplers"])
     pairs = {(c.system.label, c.sampler.label) for c in cells}
     assert pairs == {("double_well", s) for s in ("md", "mc", "pt", "pa", "flow")} | {
-        ("ternary2d", "md"), ("ternary2d", "swap_mc")}
+        ("ternary2d", "md"), ("ternary2d", "swap_mc"), ("ternary2d", "flow_swap")}
     assert len(cells) == 2 * len(pairs) and len(set(ids(matrix))) == len(cells)
     assert {c.budget.max_evals for c in cells if c.system.label == "ternary2d"} == {500_000}
     # no metrics named: each system's defaults
