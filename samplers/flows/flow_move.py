@@ -18,7 +18,8 @@
   which leaves exp(−β·u(x) − β_b·u(y)) invariant. In terms of the flow density this is the
   independence ratio w(F y)/w(x) above, with the partner taking F⁻¹(x) on acceptance. The
   second half matters: proposing F(y) from a base *chain* while keeping y is not exact
-  (consecutive proposals are correlated), the exchange is.
+  (consecutive proposals are correlated), the exchange is. The map is an involution up to
+  the flow's rounding (about 1e-6 relative in float32; ``precision = "float64"`` for more).
 
 Costs: one energy evaluation per walker per move for u(x') (Gaussian), two for u(F y) and
 u(F⁻¹ x) (thermal), all charged through the system; log q of the current state is cached
