@@ -20,9 +20,11 @@ Setup (charged): the flow is trained by the ``flow`` sampler's own setup with th
 parameters ``flow`` — the data it generates itself (``data_sampler``: MD, MC, or a registered
 sampler such as ``swap_mc``), the thermal base's chains, ML/KL training. Warm-up (a fraction
 ``warmup`` of the budget, charged, samples discarded): the sweeps' displacement half-width is
-tuned per temperature; with ``refine_steps`` > 0 the flow is then trained by maximum
-likelihood on the second half of the target walkers' warm-up states (charged) and frozen. In production nothing adapts, so every chain is exactly Markov.
-Snapshots carry the target walkers.
+tuned per temperature; with ``refine_steps`` > 0 the flow is then trained on the second half
+of the warm-up states (``refine_loss``: maximum likelihood on the targets' states and/or the
+energy-based KL from the partners' — equilibrium draws at the base temperature, which the
+base pool of the setup's short MD chains is not), charged, and frozen. In production
+nothing adapts, so every chain is exactly Markov. Snapshots carry the target walkers.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from boltzbench.samplers.moves import (DISP_ACCEPTED, DISP_ATTEMPTS, SWAP_ACCEPT
 from boltzbench.samplers.swap_mc import TUNE_WINDOW
 
 #: flow-sampler parameters that flow_swap sets itself or that do not apply to a trained proposal
+REFINE_LOSSES = ("ml", "kl", "ml+kl")
 FLOW_SAMPLING_ONLY = ("mode", "sample_batch", "n_chains", "thin", "p_local", "local_step")
 
 
@@ -65,8 +68,10 @@ class FlowSwap(ChainSampler):
     step: float = param(0.1, "sweeps: initial displacement half-width δ (tuned in warm-up, per temperature)")
     target_acceptance: float = param(0.4, "displacement acceptance the warm-up tunes δ towards, in (0, 1)")
     warmup: float = param(0.1, "fraction of the budget spent warming up after setup (samples discarded), in [0, 1)")
-    refine_steps: int = param(0, "after warm-up: maximum-likelihood steps of the flow on the target walkers' "
-                                 "warm-up states (charged), then frozen; 0: no refinement")
+    refine_steps: int = param(0, "after warm-up: training steps of the flow on the chains' warm-up states "
+                                 "(refine_loss; charged), then frozen; 0: no refinement")
+    refine_loss: str = param("ml+kl", "refinement loss: 'ml' (maximum likelihood on the targets' states), 'kl' "
+                                      "(energy-based KL from the partners' states, or latent draws) or 'ml+kl'")
     thin: int = param(1, "keep one state of every chain every `thin` steps (a step is a sweep or a flow move)")
 
     def __post_init__(self) -> None:
@@ -81,6 +86,8 @@ class FlowSwap(ChainSampler):
                 f"must be in (0, 1), got {self.target_acceptance}")
         require(0 <= self.warmup < 1, "warmup", f"must be in [0, 1), got {self.warmup}")
         require(self.refine_steps >= 0, "refine_steps", f"must be >= 0, got {self.refine_steps}")
+        require(self.refine_loss in REFINE_LOSSES, "refine_loss",
+                f"must be one of {', '.join(map(repr, REFINE_LOSSES))}, got {self.refine_loss!r}")
         require(self.refine_steps == 0 or self.warmup > 0, "refine_steps",
                 "refines on warm-up states: set warmup > 0 (or refine_steps = 0)")
         self._flow_sampler()  # a bad flow parameter fails here, named flow.<field>
@@ -136,13 +143,14 @@ class FlowSwap(ChainSampler):
             steps += 1
             if warming:
                 if self.refine_steps:
-                    warm_states.append(walkers.x[:c].clone())
+                    warm_states.append((walkers.x.clone(), walkers.u.clone()))
                 if steps % TUNE_WINDOW == 0:
                     tune(sweep, groups, 2, self.target_acceptance)
                 if budget.used(ledger) - sampling_from >= self.warmup:  # production: everything frozen
                     if self.refine_steps:
                         burned_in = warm_states[len(warm_states) // 2:]  # the first half is burn-in
-                        refined = self._refine(bg, flow_sampler, system, torch.cat(burned_in), generator)
+                        refined = self._refine(bg, flow_sampler, system, torch.cat([x for x, _ in burned_in]),
+                                               torch.cat([u for _, u in burned_in]), groups, generator)
                         flow_move, warm_states = FlowMove(bg), []
                     warming, warmup_steps, flow_moves = False, steps, 0
                     sweep.reset_stats()
@@ -159,18 +167,24 @@ class FlowSwap(ChainSampler):
         if not trace.ready:
             trace.snapshot(ledger, {})  # raises: the budget ended before the first kept sample
 
-    def _refine(self, bg, flow_sampler: FlowSampler, system: System, states: torch.Tensor,
-                generator: torch.Generator) -> dict[str, Any]:
-        """Maximum likelihood on the warm-up states (no energies: a thermal base's density
-        needs u at F⁻¹(x), so a thermal-base flow is refined through its ML term too, charged)."""
+    def _refine(self, bg, flow_sampler: FlowSampler, system: System, x: torch.Tensor, u: torch.Tensor,
+                groups: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
+        """Train the flow on the chains' own warm-up states (x, u) with ``refine_loss``: maximum
+        likelihood on the targets' states, and/or the energy-based KL from the partners' states
+        (thermal base: equilibrium draws at β_base, which a base pool of short MD chains need not
+        be) or from latent draws (Gaussian base). Charged as it goes."""
+        is_partner = groups.repeat(len(x) // len(groups)).bool()
         settings = TrainSettings(steps=self.refine_steps, batch_size=flow_sampler.batch_size, lr=flow_sampler.lr,
-                                 clip_norm=flow_sampler.clip_norm, kl_weight=0.0, eval_every=self.refine_steps + 1,
-                                 force_clip=flow_sampler.force_clip)
+                                 clip_norm=flow_sampler.clip_norm, ml_weight=float("ml" in self.refine_loss),
+                                 kl_weight=float("kl" in self.refine_loss), kl_start=0.0, kl_ramp=0.0,
+                                 eval_every=self.refine_steps + 1, force_clip=flow_sampler.force_clip)
+        base_train = (x[is_partner].to(bg.device), u[is_partner].to(bg.device)) if is_partner.any() else None
         bg.train()
-        out = train(bg, system, settings, generator, data_train=states.to(dtype=bg.dtype, device=bg.device),
-                    data_val=None)
+        out = train(bg, system, settings, generator, data_train=x[~is_partner].to(dtype=bg.dtype, device=bg.device),
+                    data_val=None, base_train=base_train)
         bg.eval()
-        return {"steps": out["steps"], "samples": len(states), "wall_s": out["train_wall_s"],
+        return {"steps": out["steps"], "target_states": int((~is_partner).sum()),
+                "partner_states": int(is_partner.sum()), "wall_s": out["train_wall_s"],
                 "skipped_steps": out["skipped_steps"]}
 
     def _diagnostics(self, flow_move: FlowMove, sweep: SwapMove, c: int, steps: int, warmup_steps: int,

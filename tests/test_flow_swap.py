@@ -170,7 +170,7 @@ def test_flow_swap_passes_the_conformance_kit_on_the_trimer(base):
 
 def test_flow_swap_diagnostics_and_refinement_on_the_trimer():
     """Every move kind happens, warm-up counts from the end of setup, the refinement trains on
-    the warm-up states, and the targets stay exact."""
+    the targets' and the partners' warm-up states, and the energies stay exact."""
     sampler = FlowSwap(n_chains=256, p_flow=0.3, p_swap=0.5, step=0.3, refine_steps=20, flow={**SMALL_FLOW, **THERMAL})
     system = Trimer()
     snapshot = list(sampler.run(system, Budget(max_evals=2e5, n_snapshots=1), torch.Generator().manual_seed(1)))[-1]
@@ -178,7 +178,9 @@ def test_flow_swap_diagnostics_and_refinement_on_the_trimer():
     assert d["flow_move"] == "exchange" and d["partner_beta"] == pytest.approx(0.5)
     assert 0.1 < d["flow_acceptance"] < 1 and d["flow_moves"] > 10 and d["flow_nonfinite"] == 0
     assert 0.2 < d["acceptance_displacement"] < 0.7 and 0.2 < d["partner_acceptance_displacement"] < 0.7
-    assert d["warmup_steps"] > 10 and d["refined"]["steps"] == 20 and d["refined"]["samples"] > 256
+    refined = d["refined"]
+    assert d["warmup_steps"] > 10 and refined["steps"] == 20
+    assert refined["target_states"] == refined["partner_states"] > 256 and refined["target_states"] % 256 == 0
     assert d["partner_step"] > d["step"]  # tuned per temperature: wider where it is hotter
     assert snapshot.cost["setup"]["energy_evals"] > 0
     assert torch.allclose(snapshot.energies[-1], system.energy(snapshot.positions[-1]).to(snapshot.energies.dtype))
@@ -191,6 +193,7 @@ def test_flow_swap_diagnostics_and_refinement_on_the_trimer():
     ({"flow": {"architecture": "equivariant_flow_matching"}}, "flow.architecture"),
     ({"flow": {"no_such_field": 1}}, "flow"),
     ({"refine_steps": 5, "warmup": 0.0}, "refine_steps"),
+    ({"refine_loss": "elbo"}, "refine_loss"),
 ])
 def test_bad_parameters_name_the_field(params, field):
     with pytest.raises(ParameterError) as err:
@@ -203,3 +206,22 @@ def test_a_system_without_particles_is_refused_before_any_work():
     with pytest.raises(ParameterError, match="particle system") as err:
         list(FlowSwap().run(system, Budget(max_evals=1e4), torch.Generator().manual_seed(0)))
     assert err.value.field == "system" and system.ledger.total_evals == 0
+
+
+def test_an_untrained_flow_makes_the_exchange_plain_replica_exchange():
+    """train_steps = 0 leaves the coupling flow at its identity initialization: the exchange
+    proposes (y, x) and its log ratio is the replica-exchange rule (β − β_b)·(u(x) − u(y))."""
+    system = Trimer()
+    flow = FlowSampler(architecture="periodic_equivariant", base="thermal", base_temperature=2.0, base_sampler="mc",
+                       base_step=0.3, base_chains=16, base_pool=16, base_warmup=10, data_sampler="none",
+                       ml_weight=0.0, train_steps=0, n_layers=4, hidden=16, precision="float64")
+    bg, info = flow.setup(system, Budget(max_evals=1e5), torch.Generator().manual_seed(0))
+    assert info["steps"] == 0 and info["base"]["pool"] == 16
+    starts = system.sample_initial(8, torch.Generator().manual_seed(1)).double()
+    x, y = starts[:4], torch.remainder(starts[4:], 3.0)  # the flow returns positions in the box
+    u, v = system.energy(x).double(), system.energy(y).double()
+    with torch.no_grad():
+        x_new, y_new, _, _, log_ratio = exchange_proposal(bg, system, x, y, u, v, torch.ones(4).double(),
+                                                          torch.full((4,), 0.5).double())
+    assert torch.allclose(x_new, y, atol=1e-9) and torch.allclose(y_new, torch.remainder(x, 3.0), atol=1e-9)
+    assert torch.allclose(log_ratio, 0.5 * (u - v), atol=1e-9)

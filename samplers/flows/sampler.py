@@ -185,7 +185,8 @@ class FlowSampler(Sampler):
     kl_weight: float = param(1.0, "final weight of the energy-based (reverse) KL loss")
     kl_start: float = param(0.2, "training progress at which the KL weight starts to ramp up")
     kl_ramp: float = param(0.3, "training progress over which the KL weight ramps to kl_weight")
-    train_steps: int = param(2000, "maximum optimizer steps")
+    train_steps: int = param(2000, "maximum optimizer steps; 0: no training (a coupling flow then stays the "
+                                   "identity map it starts as — a control)")
     batch_size: int = param(256, "batch size of each loss")
     lr: float = param(1e-3, "Adam learning rate")
     clip_norm: float = param(10.0, "gradient-norm clipping threshold")
@@ -217,11 +218,12 @@ class FlowSampler(Sampler):
             value = getattr(self, field)
             require(value in valid, field, f"must be one of {', '.join(map(repr, valid))}, got {value!r}")
         positive_ints = ("base_chains", "base_stride", "base_pool", "n_layers", "hidden", "n_bins",
-                         "data_chains", "data_steps", "data_thin", "train_steps", "batch_size",
+                         "data_chains", "data_steps", "data_thin", "batch_size",
                          "eval_every", "patience", "sample_batch", "n_chains", "thin")
         for field in positive_ints:
             require(getattr(self, field) >= 1, field, f"must be an integer >= 1, got {getattr(self, field)}")
         require(self.base_warmup >= 0, "base_warmup", f"must be >= 0, got {self.base_warmup}")
+        require(self.train_steps >= 0, "train_steps", f"must be an integer >= 0, got {self.train_steps}")
         data_choices = BUILTIN_DATA + ("none",) + tuple(n for n in registry("samplers").names()
                                                          if n not in BUILTIN_DATA + (self.name,))
         require(self.data_sampler in data_choices, "data_sampler",
