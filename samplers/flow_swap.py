@@ -132,12 +132,11 @@ class FlowSwap(ChainSampler):
         walkers = Walkers.start(system, x, beta)
         walkers.u = walkers.u.to(torch.float64)
         groups = (torch.arange(len(walkers)) >= c).long()  # 0: targets, 1: partners
-        warming, steps, warmup_steps, flow_moves, warm_states = self.warmup > 0, 0, 0, 0, []
+        warming, steps, warmup_steps, warm_states = self.warmup > 0, 0, 0, []
         refined, sampling_from = None, budget.used(ledger)  # the warm-up share counts from here, after setup
         while not budget.exhausted(ledger):
             if float(torch.rand((), generator=generator, device=generator.device)) < self.p_flow:
                 flow_move(walkers, system, generator)
-                flow_moves += 1
             else:
                 sweep(walkers, system, generator)
             steps += 1
@@ -152,7 +151,7 @@ class FlowSwap(ChainSampler):
                         refined = self._refine(bg, flow_sampler, system, torch.cat([x for x, _ in burned_in]),
                                                torch.cat([u for _, u in burned_in]), groups, generator)
                         flow_move, warm_states = FlowMove(bg), []
-                    warming, warmup_steps, flow_moves = False, steps, 0
+                    warming, warmup_steps = False, steps
                     sweep.reset_stats()
                     flow_move.reset_stats()
                     flow_move.nonfinite = 0
@@ -160,7 +159,7 @@ class FlowSwap(ChainSampler):
             trace.step(walkers.x[:c], walkers.u[:c])
             if trace.ready and schedule.due(ledger):
                 yield trace.snapshot(ledger, self._diagnostics(flow_move, sweep, c, steps - warmup_steps,
-                                                               warmup_steps, flow_moves, info, refined))
+                                                               warmup_steps, info, refined))
         if warming:
             raise RuntimeError(f"the budget ended during warm-up (warmup = {self.warmup} of the budget), "
                                f"before any production step; raise the budget")
@@ -188,7 +187,7 @@ class FlowSwap(ChainSampler):
                 "skipped_steps": out["skipped_steps"]}
 
     def _diagnostics(self, flow_move: FlowMove, sweep: SwapMove, c: int, steps: int, warmup_steps: int,
-                     flow_moves: int, info: dict, refined: dict | None) -> dict[str, Any]:
+                     info: dict, refined: dict | None) -> dict[str, Any]:
         counts = sweep.counts if sweep.counts is not None else torch.zeros((2 * c, 5), dtype=torch.float64)
 
         def rate(rows: slice, accepted: int, tried: int) -> float | None:
@@ -199,7 +198,7 @@ class FlowSwap(ChainSampler):
         out = {
             "flow_move": "exchange" if flow_move.exchange else "independence",
             "flow_acceptance": flow_acc,
-            "flow_moves": flow_moves,
+            "flow_moves": flow_move.attempts,  # since the production started (statistics reset)
             "flow_nonfinite": flow_move.nonfinite,
             "acceptance_displacement": rate(slice(0, c), DISP_ACCEPTED, DISP_ATTEMPTS),
             "acceptance_swap": rate(slice(0, c), SWAP_ACCEPTED, SWAP_ATTEMPTS),
