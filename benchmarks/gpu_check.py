@@ -15,8 +15,10 @@ Rows of the table:
 * **cell** — one glass flow cell (thermal base at 2T) and one PT cell on ``ternary2d``
   (N = 43, T = 0.5), 10⁵ evaluations: status and wall seconds.
 
-Without CUDA every CUDA entry reads "no CUDA"; the CPU entries still run, and the exit
-status is 1 when any cell or test failed, so the script cannot rot unnoticed. Every time is
+Without CUDA every CUDA entry reads "no CUDA"; the CPU entries still run. A measurement that
+raises reads "failed: <error>" and the table goes on (the failed CUDA tests are named in their
+entry); the exit status is 1 when any entry, cell or test failed, so the script cannot rot
+unnoticed. Every time is
 the best of a few repetitions after a warm-up, with ``torch.cuda.synchronize()`` around
 timed CUDA work.
 """
@@ -79,13 +81,30 @@ def kernel_rate(name: str, params: dict, device: str, replicas: int, repeats: in
 
 
 def run_cuda_tests(root: Path) -> str:
-    """pytest on the CUDA tests in a subprocess: its summary line (e.g. '12 passed')."""
+    """pytest on the CUDA tests in a subprocess: its summary line (e.g. '12 passed'), then the
+    ids of the tests that failed, each with the first line of its error."""
     tests = [str(root / "tests" / f) for f in ("test_cuda.py", "test_particles.py", "test_liquids.py",
                                                "test_swap_mc.py", "test_flow_sampler.py")]
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda", *tests],
-                          capture_output=True, text=True, cwd=root)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-k", "cuda",
+                           *tests], capture_output=True, text=True, cwd=root)
     lines = [line for line in done.stdout.splitlines() if re.search(r"\d+ (passed|failed|error)", line)]
-    return lines[-1].strip("= ") if lines else f"pytest exit {done.returncode}"
+    summary = lines[-1].strip("= ") if lines else f"pytest exit {done.returncode}"
+    failed = [line.split(" ", 1)[1][:160] for line in done.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    return "; ".join([summary, *failed]).replace("|", "/")
+
+
+def failure(exc: BaseException) -> str:
+    """A table entry for a measurement that raised: one broken entry does not end the table."""
+    first = (str(exc).splitlines() or [""])[0][:100].replace("|", "/")
+    return f"failed: {type(exc).__name__}: {first}"
+
+
+def attempt(measurement, *args, **kwargs):
+    """``measurement(*args, **kwargs)``, or :func:`failure`'s entry if it raises."""
+    try:
+        return measurement(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 — reported in the table and in the exit status
+        return failure(exc)
 
 
 def run_glass_cell(sampler: str, params: dict, device: str, max_evals: float) -> str:
@@ -99,8 +118,8 @@ def run_glass_cell(sampler: str, params: dict, device: str, max_evals: float) ->
     return f"ok, {record['cost']['total_wall_s']:.1f} s"
 
 
-def fmt(value: float) -> str:
-    return f"{value:.3g}"
+def fmt(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:.3g}"
 
 
 def rows(quick: bool, root: Path) -> Iterator[tuple[str, str, str, str]]:
@@ -113,32 +132,31 @@ def rows(quick: bool, root: Path) -> Iterator[tuple[str, str, str, str]]:
     for name, params in systems:
         n = params["n_particles"]
         for b in replicas:
-            cpu = fmt(kernel_rate(name, params, "cpu", b, repeats)) if b <= CPU_MAX_REPLICAS else "—"
+            cpu = fmt(attempt(kernel_rate, name, params, "cpu", b, repeats)) if b <= CPU_MAX_REPLICAS else "—"
             gpu = NO_CUDA
             if has_cuda:
-                gpu = fmt(kernel_rate(name, params, "cuda", b, repeats)) if b * n <= MAX_PARTICLES_PER_CALL else "—"
+                gpu = (fmt(attempt(kernel_rate, name, params, "cuda", b, repeats))
+                       if b * n <= MAX_PARTICLES_PER_CALL else "—")
             yield ("kernel", f"{name} N={n}, {b} replicas (particle-evals/s)", cpu, gpu)
     from boltzbench.samplers.flows.bench import measure
     flow_cases = [("double_well", "mlp")] + ([] if quick else [("ternary2d", "mlp")])
     for system, architecture in flow_cases:
         results = {}
         for device in ("cpu", "cuda"):
-            if device == "cuda" and not has_cuda:
-                results[device] = None
-                continue
-            results[device] = measure(system, device, repeats=repeats, architecture=architecture,
-                                      sample_batch=1024 if quick else 4096)
+            results[device] = (NO_CUDA if device == "cuda" and not has_cuda else
+                               attempt(measure, system, device, repeats=repeats, architecture=architecture,
+                                       sample_batch=1024 if quick else 4096))
         for key, label in (("ml_kl_step_ms", "ML+KL step, batch 256 (ms)"),
                            ("samples_with_energy_per_s", "samples with energies (1/s)")):
-            yield ("flow step", f"{system} {architecture}: {label}", fmt(results["cpu"][key]),
-                   fmt(results["cuda"][key]) if results["cuda"] else NO_CUDA)
+            yield ("flow step", f"{system} {architecture}: {label}",
+                   *(fmt(r[key]) if isinstance(r, dict) else r for r in (results["cpu"], results["cuda"])))
     max_evals = 2e4 if quick else 1e5
     for label, (sampler, params) in CELLS.items():
         if quick and sampler == "flow":
             params = {**params, "base_chains": 16, "base_warmup": 50, "base_pool": 256, "data_chains": 8,
                       "data_steps": 100, "train_steps": 10, "sample_batch": 256}
-        cpu = run_glass_cell(sampler, params, "cpu", max_evals)
-        gpu = run_glass_cell(sampler, params, "cuda", max_evals) if has_cuda else NO_CUDA
+        cpu = attempt(run_glass_cell, sampler, params, "cpu", max_evals)
+        gpu = attempt(run_glass_cell, sampler, params, "cuda", max_evals) if has_cuda else NO_CUDA
         yield ("cell", f"ternary2d N=43 T=0.5, {label}, {max_evals:.0e} evals", cpu, gpu)
 
 

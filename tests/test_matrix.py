@@ -391,3 +391,10 @@ def test_bad_system_budget():
     with pytest.raises(MatrixError) as info:
         parse_matrix(base(systems=[{"name": "double_well", "budget": {"max_evalz": 1}}]))
     assert info.value.field == "systems[0].budget.max_evalz"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks" / "matrices").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_matrix_loads_and_validates_its_cells(path):
+    """Every published matrix parses and its parameters pass validation (a typo fails here, not
+    an hour into a run)."""
+    assert load_matrix(path).cells()

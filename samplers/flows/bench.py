@@ -50,8 +50,8 @@ def measure(system_name: str = "double_well", device: str = "cpu", precision: st
     spec = sampler._spec(system)
     gen = cell_generator(system, 0)
     x0 = system.sample_initial(1024, gen)
-    bg = BoltzmannGenerator(spec).to(dtype=torch.float64)
-    feats = bg.features(x0)
+    bg = BoltzmannGenerator(spec).to(dtype=torch.float64)  # on the CPU: coordinates only
+    feats = bg.features(x0.to(dtype=torch.float64, device="cpu"))  # x0 is on the system's device
     bg = BoltzmannGenerator(spec, feats.mean(0), feats.std(0).clamp(min=1e-3) + 0.01)
     bg = bg.to(dtype=torch.float32 if precision == "float32" else torch.float64, device=device)
     data = x0.to(dtype=bg.dtype, device=device)
