@@ -1,8 +1,19 @@
 """The prepared GPU check (benchmarks/gpu_check.py) on the CPU: one broken measurement is reported
 in its entry and the table goes on, and the exit status says so."""
 
+import pytest
+import torch
+
 import boltzbench.samplers.flows.bench as flow_bench
 from boltzbench.benchmarks import gpu_check
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """gpu_check.main sets torch's thread count; the rest of the session keeps its own."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_a_measurement_that_raises_is_an_entry_and_the_table_goes_on(monkeypatch, capsys):
