@@ -78,7 +78,7 @@ class LangevinMD(ChainSampler):
         x = system.sample_initial(self.n_chains, generator)
         v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) / math.sqrt(self.mass)
         u, f = system.energy_and_forces(x)
-        kinetic = torch.zeros((), dtype=x.dtype)
+        kinetic = torch.zeros((), dtype=x.dtype, device=x.device)
         while not budget.exhausted(ledger):
             x, v, u, f = baoab_step(x, v, f, system, self.dt, self.friction, self.mass, generator)
             kinetic += 0.5 * self.mass * (v * v).mean()

@@ -84,7 +84,7 @@ class Walkers:
     @classmethod
     def start(cls, system: System, x: torch.Tensor, beta: torch.Tensor) -> "Walkers":
         """Walkers at ``x`` with inverse temperatures ``beta``; charges B energy evaluations."""
-        return cls(x=x, u=system.energy(x), beta=beta.to(x.dtype))
+        return cls(x=x, u=system.energy(x), beta=beta.to(dtype=x.dtype, device=x.device))
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -99,7 +99,7 @@ class Walkers:
         """Move every walker to inverse temperature ``beta``. Velocities, Maxwell-distributed at
         the old β, are rescaled by sqrt(β_old/β_new), which maps N(0, 1/(β_old·m)) onto
         N(0, 1/(β_new·m)) (Sugita & Okamoto, Chem. Phys. Lett. 314, 141 (1999))."""
-        beta = beta.to(self.x.dtype)
+        beta = beta.to(dtype=self.x.dtype, device=self.x.device)
         if self.velocities is not None:
             self.velocities = self.velocities * torch.sqrt(self.beta / beta)[:, None]
         self.beta = beta
@@ -158,7 +158,7 @@ class MetropolisMove(SteppedMove):
 
     def __call__(self, walkers: Walkers, system: System, generator: torch.Generator) -> None:
         self.ensure_steps(len(walkers))
-        step = self.step.to(walkers.x.dtype)[:, None]
+        step = self.step.to(dtype=walkers.x.dtype, device=walkers.x.device)[:, None]  # steps live on the host
         walkers.x, walkers.u, accept = metropolis_step(walkers.x, walkers.u, system, step, generator,
                                                        beta=walkers.beta)
         walkers.forces = None  # positions changed without forces
@@ -758,8 +758,9 @@ def tunable_leaves(move: Move) -> list[Move]:
 
 
 def group_mean(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """Mean of ``values`` (B,) within each group label 0..n_groups−1 (B,)."""
-    totals = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, groups, values.to(torch.float64))
+    """Mean of ``values`` (B,) within each group label 0..n_groups−1 (B,), on the groups' device."""
+    values = values.to(dtype=torch.float64, device=groups.device)
+    totals = torch.zeros(n_groups, dtype=torch.float64, device=groups.device).index_add_(0, groups, values)
     counts = torch.bincount(groups, minlength=n_groups).to(torch.float64)
     return totals / counts.clamp(min=1)
 

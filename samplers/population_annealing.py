@@ -308,7 +308,7 @@ class PopulationAnnealing(Sampler):
             log_z += log_mean_exp(log_w)
             ess = relative_ess(log_w)
             index = RESAMPLERS[self.resampling](log_w, n, generator)
-            walkers, ancestors = walkers.take(index), ancestors[index]
+            walkers, ancestors = walkers.take(index), ancestors[index.cpu()]  # family bookkeeping on the host
             walkers.retemper(torch.full((n,), new_beta, dtype=system.dtype))
             beta = new_beta
             set_steps(beta)
