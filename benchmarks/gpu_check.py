@@ -18,9 +18,8 @@ Rows of the table:
 Without CUDA every CUDA entry reads "no CUDA"; the CPU entries still run. A measurement that
 raises reads "failed: <error>" and the table goes on (the failed CUDA tests are named in their
 entry); the exit status is 1 when any entry, cell or test failed, so the script cannot rot
-unnoticed. Every time is
-the best of a few repetitions after a warm-up, with ``torch.cuda.synchronize()`` around
-timed CUDA work.
+unnoticed. Every time is the best of a few repetitions after a warm-up, with
+``torch.cuda.synchronize()`` around timed CUDA work.
 """
 
 from __future__ import annotations
