@@ -79,6 +79,17 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     }
 
 
+#: rows analysed at a time by :func:`to_samples`: bounds the temporary memory of the
+#: observables (a 10⁷-sample flow snapshot would otherwise cast and analyse all at once)
+ANALYSIS_ROWS = 1 << 16
+
+
+def _analyse(system: System, rows: torch.Tensor) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Observables and state labels of configurations (n, dof), as NumPy arrays."""
+    observables = {k: v.detach().cpu().numpy() for k, v in system.observables(rows).items()}
+    return observables, system.state_of(rows).cpu().numpy()
+
+
 def to_samples(snapshot: Snapshot, system: System, previous: Samples | None = None) -> Samples:
     """The NumPy view of a snapshot, with the system's observables and state labels.
 
@@ -87,7 +98,9 @@ def to_samples(snapshot: Snapshot, system: System, previous: Samples | None = No
     and states are computed; recomputing them all at every snapshot made the analysis of a
     cell quadratic in its snapshots (a ternary2d MD cell of the default matrix spent more
     time on pair distances than on sampling). ``positions`` is a copy: a sampler may move the
-    tensor it yielded in place, and the next snapshot would then seem to extend this one."""
+    tensor it yielded in place, and the next snapshot would then seem to extend this one.
+    Positions keep the snapshot's dtype (a flow stores its float32 output); observables and
+    states are computed in the system's dtype."""
     positions = snapshot.positions.detach().cpu().numpy().copy()
     start = 0
     if (previous is not None and positions.shape[1:] == previous.positions.shape[1:]
@@ -99,10 +112,11 @@ def to_samples(snapshot: Snapshot, system: System, previous: Samples | None = No
     else:
         new = torch.from_numpy(positions[start:])  # the copy, as the observables may be views of it
         lead = new.shape[:2]
-        flat = new.reshape(-1, new.shape[-1])
-        observables = {k: v.reshape(*lead, *v.shape[1:]).detach().cpu().numpy()
-                       for k, v in system.observables(flat).items()}
-        states = system.state_of(flat).reshape(lead).cpu().numpy()
+        parts = [_analyse(system, rows.to(system.dtype))  # a flow may store float32 positions
+                 for rows in new.reshape(-1, new.shape[-1]).split(ANALYSIS_ROWS)]
+        observables = {k: np.concatenate([obs[k] for obs, _ in parts]).reshape(*lead, *parts[0][0][k].shape[1:])
+                       for k in parts[0][0]}
+        states = np.concatenate([st for _, st in parts]).reshape(lead)
         if start:
             observables = {k: np.concatenate([previous.observables[k], v]) for k, v in observables.items()}
             states = np.concatenate([previous.states, states])

@@ -253,7 +253,7 @@ def check_snapshot_contract(sampler: Sampler, max_evals: float = 20_000, system:
             bad = int((~torch.isfinite(getattr(snap, field))).sum())
             assert bad == 0, (f"{where}: {bad} non-finite {field} (NaN or ±inf): the sampler diverged "
                               f"(a step too large, or a move with no acceptance test?)")
-        recomputed = system._energy(snap.positions.reshape(-1, system.dof)).reshape(snap.energies.shape)
+        recomputed = system._energy(snap.positions.reshape(-1, system.dof).to(system.dtype)).reshape(snap.energies.shape)
         assert torch.allclose(recomputed, snap.energies.to(recomputed.dtype), rtol=1e-5, atol=1e-6), \
             f"{where}: energies are not u(positions) at the target temperature"
     final = snapshots[-1].cost["total_evals"]

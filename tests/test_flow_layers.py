@@ -12,9 +12,10 @@ import math
 import pytest
 import torch
 
-from boltzbench.samplers.flows.layers import (BondAngleDomain, Coupling, FlowChain, InternalCoordinates, Standardize, TorusScale,
-                                              alternating_masks, bond_angle, circular_spline, dihedral_angle,
-                                              wrap, zmatrix_from_bonds)
+from boltzbench.samplers.flows.layers import (SPLINE_MIN_DERIV, SPLINE_MIN_WIDTH, BondAngleDomain, Coupling, FlowChain,
+                                              InternalCoordinates, Standardize, TorusScale, alternating_masks,
+                                              bond_angle, circular_spline, dihedral_angle, spline_parameters, wrap,
+                                              zmatrix_from_bonds)
 from boltzbench.samplers.flows.model import BoltzmannGenerator
 
 DTYPE = torch.float64
@@ -84,6 +85,26 @@ def test_coupling_starts_as_identity():
     z = latent(10, periodic)
     x, logdet = layer(z)
     assert angle_aware_diff(x, z, periodic).abs().max() < 1e-12 and logdet.abs().max() < 1e-12
+
+
+def test_spline_parameters_are_valid_bins_for_any_conditioner_output():
+    """Widths and heights positive, at least 2π·m, summing to 2π, equal to the softmax formula
+    (the written-out softmax must not overflow at huge logits); a zero output is the
+    identity: equal bins, knot derivatives 1."""
+    k = 8
+    raw = torch.cat([torch.randn(50, 3 * k + 1, dtype=DTYPE, generator=torch.Generator().manual_seed(0)),
+                     torch.full((1, 3 * k + 1), 1e4, dtype=DTYPE), torch.full((1, 3 * k + 1), -1e4, dtype=DTYPE),
+                     torch.linspace(-800, 800, 3 * k + 1, dtype=DTYPE)[None]])
+    widths, heights, derivs, shift = spline_parameters(raw, k)
+    for bins, logits in ((widths, raw[:, :k]), (heights, raw[:, k:2 * k])):
+        assert torch.isfinite(bins).all() and (bins >= 2 * math.pi * SPLINE_MIN_WIDTH * (1 - 1e-12)).all()
+        torch.testing.assert_close(bins.sum(-1), torch.full((len(raw),), 2 * math.pi, dtype=DTYPE))
+        expected = 2 * math.pi * (SPLINE_MIN_WIDTH + (1 - k * SPLINE_MIN_WIDTH) * torch.softmax(logits, -1))
+        torch.testing.assert_close(bins, expected, rtol=1e-12, atol=1e-14)
+    assert (derivs >= SPLINE_MIN_DERIV).all() and torch.equal(shift, raw[:, 3 * k])
+    w0, h0, d0, _ = spline_parameters(torch.zeros(1, 3 * k + 1, dtype=DTYPE), k)
+    torch.testing.assert_close(w0, torch.full((1, k), 2 * math.pi / k, dtype=DTYPE))
+    torch.testing.assert_close(d0, torch.ones(1, k, dtype=DTYPE))
 
 
 def random_spline(n, k=6, seed=3):

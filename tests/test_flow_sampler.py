@@ -202,6 +202,18 @@ def test_reweighting_an_imperfect_flow_recovers_the_exact_mean_and_log_z():
     assert abs(snapshot.diagnostics["log_z"] - log_z) < 5 / math.sqrt(ess)
 
 
+def test_reweighting_keeps_the_flows_own_positions_with_their_exact_energies():
+    """The stored positions are the float32 flow output itself (a float64 copy of the same
+    numbers doubled a reweighting cell's memory); each energy is u at exactly those numbers."""
+    system = ShiftedGaussian()
+    sampler = FlowSampler(data_sampler="mc", data_step=0.1, data_steps=20, data_thin=1, data_chains=64,
+                          train_steps=5, kl_weight=0.0, n_layers=2, hidden=8, sample_batch=500)
+    snapshot = run(sampler, system, Budget(max_evals=4_000, n_snapshots=1))[-1]
+    assert snapshot.positions.dtype == torch.float32
+    x = snapshot.positions[0].double()
+    np.testing.assert_array_equal(snapshot.energies[0].numpy(), system.energy(x).numpy())
+
+
 def test_periodic_flow_trained_by_energy_alone_samples_the_torus_exactly():
     """Circular-spline couplings on the torus, uniform base, KL only: the reweighted ⟨u⟩
     is exact, the samples lie in the box, and training made the flow good (ESS)."""
@@ -239,7 +251,7 @@ def test_internal_coordinate_flow_has_the_right_jacobian_end_to_end():
         assert_within(mu, se, exact, what=name)
         assert se < 0.01, name
     # the energies are those of the returned (canonical-frame) positions
-    assert torch.allclose(system._energy(snapshot.positions[0]), snapshot.energies[0])
+    assert torch.allclose(system._energy(snapshot.positions[0].double()), snapshot.energies[0])
 
 
 class RelaxingWell(DoubleWell):

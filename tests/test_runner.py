@@ -268,3 +268,22 @@ def test_a_snapshot_whose_tensor_the_sampler_then_moves_in_place_gets_the_new_ob
     for key, value in first.observables.items():  # the first snapshot's numbers stay as they were
         np.testing.assert_array_equal(value, np.zeros((1, 3)))
     np.testing.assert_array_equal(first.positions, np.zeros((1, 3, system.dof)))
+
+
+def test_float32_positions_are_kept_and_their_observables_computed_in_the_systems_dtype():
+    """A flow stores its float32 output (half the memory of a float64 copy); the observables
+    are those of the same positions in float64, not float32 arithmetic."""
+    import torch
+
+    from boltzbench import get_system
+    from boltzbench.contracts import Snapshot
+    from boltzbench.runner import to_samples
+
+    system = get_system("alanine_dipeptide")
+    x = system.sample_initial(16, torch.Generator().manual_seed(0)).float()[None]
+    samples = to_samples(Snapshot(x, system.energy(x[0].double())[None], None, {}), system)
+    assert samples.positions.dtype == np.float32
+    exact = system.observables(x[0].double())
+    for key, value in samples.observables.items():
+        assert value.dtype == np.float64
+        np.testing.assert_array_equal(value[0], exact[key].numpy())

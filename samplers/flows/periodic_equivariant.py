@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from boltzbench.samplers.flows.layers import TWO_PI, FlowChain, circular_spline, linear, wrap
+from boltzbench.samplers.flows.layers import FlowChain, circular_spline, linear, spline_parameters, wrap
 
 N_FREQUENCIES = 4  #: harmonics k = 1..4 of the periodic embeddings (default; spec["n_frequencies"])
 N_HEADS = 4  #: attention heads (default; spec["n_heads"]; 1 if hidden is not divisible)
@@ -119,9 +119,6 @@ class EquivariantCoupling(nn.Module):
         harmonics of the periodic embeddings, attention heads.
     """
 
-    MIN_WIDTH = 1e-3
-    MIN_DERIV = 1e-3
-
     def __init__(self, features: torch.Tensor, spatial_dim: int, axis: int, hidden: int, n_blocks: int,
                  n_bins: int, n_freq: int, n_heads: int, generator: torch.Generator):
         super().__init__()
@@ -135,7 +132,6 @@ class EquivariantCoupling(nn.Module):
         self.blocks = nn.ModuleList(AttentionBlock(hidden, n_heads, n_emb // 2, generator) for _ in range(n_blocks))
         self.norm = nn.LayerNorm(hidden)
         self.head = linear(hidden, 3 * n_bins + 1, None)  # zero: the coupling starts as the identity
-        self._d0 = math.log(math.expm1(1.0 - self.MIN_DERIV))  # softplus(d0) + MIN_DERIV = 1
 
     def _conditioner(self, cond: torch.Tensor):
         """Spline widths, heights, knot derivatives (B, N, K) and shift (B, N) from the
@@ -148,11 +144,7 @@ class EquivariantCoupling(nn.Module):
         for block in self.blocks:
             h = block(h, cos, sin)
         out = self.head(self.norm(h))
-        k = self.n_bins
-        widths = self.MIN_WIDTH + (1 - self.MIN_WIDTH * k) * torch.softmax(out[..., :k], -1)
-        heights = self.MIN_WIDTH + (1 - self.MIN_WIDTH * k) * torch.softmax(out[..., k:2 * k], -1)
-        derivs = self.MIN_DERIV + nn.functional.softplus(out[..., 2 * k:3 * k] + self._d0)
-        return TWO_PI * widths, TWO_PI * heights, derivs, out[..., 3 * k]
+        return spline_parameters(out, self.n_bins)
 
     def _transform(self, z: torch.Tensor, inverse: bool):
         theta = z.reshape(z.shape[0], -1, self.d)

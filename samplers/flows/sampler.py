@@ -529,11 +529,15 @@ class FlowSampler(Sampler):
     # -------------------------------------------------------------- sampling
     def _flow_batch(self, bg: BoltzmannGenerator, system: System, n: int, gen: torch.Generator):
         """n flow samples on the system's device (no copy when the flow is there too):
-        positions (system dtype), u, log w (float64), finite mask."""
+        positions in the flow's dtype, u and log w (float64), finite mask.
+
+        The positions stay the flow's own numbers (float32 by default) and are cast to the
+        system's dtype only to evaluate u: storing a float64 copy of exactly the same values
+        doubled the memory of a reweighting cell (10⁷ alanine samples: 5.6 GB each copy)."""
         device = device_of(system)
         with torch.no_grad():
             x, log_q = bg.push_base(bg.draw_base(n, gen))
-            x = x.to(dtype=system.dtype, device=device)
+            x = x.to(device=device)
             u = energy(system, x)
             log_q = log_q.to(dtype=torch.float64, device=device)
         log_w = -u - log_q
@@ -593,6 +597,7 @@ class FlowSampler(Sampler):
         ledger, schedule, trace = system.ledger, budget.schedule(), ChainTrace(self.thin)
         c = self.n_chains
         x, u, log_w, finite = self._flow_batch(bg, system, c, gen)
+        x = x.to(system.dtype)  # the chains' local moves work in the system's dtype
         tries = 1
         while not finite.all():  # start every chain from a finite flow sample
             if tries >= 100:
