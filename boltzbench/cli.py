@@ -17,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from boltzbench import __version__
-from boltzbench.matrix import CellFilter, Matrix, MatrixError, load_matrix
+from boltzbench.matrix import CellFilter, Matrix, MatrixError, budget_warnings, load_matrix
 from boltzbench.registry import PluginError, registry
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -58,7 +58,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"ok: {_describe(matrix)}")
     for cell in matrix.cells():
         print(f"  {cell.cell_id}  {cell}")
+    _warn_budget(matrix)
     return EXIT_OK
+
+
+def _warn_budget(matrix: Matrix) -> None:
+    """Print the settings the budget will cut short (a warning: the matrix still runs)."""
+    for warning in budget_warnings(matrix):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -74,6 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_out(args.out if args.out is not None else Path("boltzbench-results") / matrix.name)
     out = Path(args.out) if args.out is not None else Path("boltzbench-results") / matrix.name
     print(f"{_describe(matrix)}\nresults: {out}", file=sys.stderr)
+    _warn_budget(matrix)
     if only:
         print(f"filter: running {_plural(len(selected), 'cell')} of the matrix's {len(matrix.cells())} "
               "(OUT/matrix.json still lists them all)", file=sys.stderr)

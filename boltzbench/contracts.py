@@ -532,3 +532,8 @@ class Sampler(Configurable, ABC):
 
     @abstractmethod
     def run(self, system: System, budget: Budget, generator: torch.Generator) -> Iterator[Snapshot]: ...
+
+    def budget_warnings(self, budget: Budget) -> list[str]:
+        """What of this sampler's settings ``budget`` will cut short, one sentence each, for
+        ``boltzbench validate`` and ``run`` to print before anything runs; none by default."""
+        return []

@@ -132,6 +132,20 @@ class Matrix:
         return cells
 
 
+def budget_warnings(matrix: Matrix) -> list[str]:
+    """Each sampler's :meth:`~boltzbench.contracts.Sampler.budget_warnings` under the budget
+    of every system it runs on, as "system label × sampler label: warning" (seeds share them)."""
+    warnings, seen = [], set()
+    for cell in matrix.cells():
+        key = (cell.system.label, cell.sampler.label)
+        if key in seen:
+            continue
+        seen.add(key)
+        sampler = build(registry("samplers").load(cell.sampler.name), cell.sampler.params)
+        warnings += [f"{cell.system.label} × {cell.sampler.label}: {w}" for w in sampler.budget_warnings(cell.budget)]
+    return warnings
+
+
 def match_patterns(option: str, patterns: list[str] | tuple[str, ...] | None,
                    choices: list[str], strict: bool = True) -> set[str] | None:
     """The ``choices`` that match any of ``patterns`` (shell globs, as :func:`fnmatch.fnmatchcase`).

@@ -214,6 +214,21 @@ def test_reweighting_keeps_the_flows_own_positions_with_their_exact_energies():
     np.testing.assert_array_equal(snapshot.energies[0].numpy(), system.energy(x).numpy())
 
 
+@pytest.mark.parametrize("max_evals, cut", [(2_000, True), (4_000, False)])
+def test_budget_warning_says_beforehand_whether_the_data_will_be_cut(max_evals, cut):
+    """8 chains × 100 MD steps need 808 evaluations; the data may use 0.5 × train_fraction ×
+    max_evals (500, then 1000): the warning and the run's truncated_by_budget agree."""
+    sampler = FlowSampler(data_chains=8, data_steps=100, data_thin=1, train_steps=5, train_fraction=0.5,
+                          n_layers=2, hidden=8, sample_batch=500)
+    budget = Budget(max_evals=max_evals, n_snapshots=1)
+    warnings = sampler.budget_warnings(budget)
+    snapshot = run(sampler, DoubleWell(), budget)[-1]
+    assert snapshot.diagnostics["training"]["data"]["truncated_by_budget"] is cut
+    assert len(warnings) == cut
+    if cut:
+        assert "808" in warnings[0] and "500" in warnings[0] and "62%" in warnings[0]
+
+
 def test_periodic_flow_trained_by_energy_alone_samples_the_torus_exactly():
     """Circular-spline couplings on the torus, uniform base, KL only: the reweighted ⟨u⟩
     is exact, the samples lie in the box, and training made the flow good (ESS)."""

@@ -276,6 +276,18 @@ class FlowSampler(Sampler):
         require(self.reuse_dir is None or self.train_seed is not None, "train_seed",
                 "reuse_dir needs a fixed train_seed (with None every seed trains its own flow)")
 
+    def budget_warnings(self, budget: Budget) -> list[str]:
+        """The MD/MC data may use half of the setup's share, 0.5·train_fraction·max_evals
+        (:meth:`_make_data`); warn when data_chains·(data_steps + 1) evaluations exceed it."""
+        if self.data_sampler not in BUILTIN_DATA or budget.max_evals is None:
+            return []
+        wanted, allowed = self.data_chains * (self.data_steps + 1), 0.5 * self.train_fraction * budget.max_evals
+        if wanted <= allowed:
+            return []
+        return [f"the flow's training data (data_chains × (data_steps + 1) = {wanted:.3g} evaluations) exceed "
+                f"half of its setup share (0.5 × train_fraction × max_evals = {allowed:.3g}) and will be cut "
+                f"to about {allowed / wanted:.0%}: raise max_evals or train_fraction, or lower data_steps"]
+
     # ------------------------------------------------------------------ run
     def run(self, system: System, budget: Budget, generator: torch.Generator) -> Iterator[Snapshot]:
         if self.device != "cpu" and not torch.cuda.is_available():
