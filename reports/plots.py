@@ -63,13 +63,24 @@ def _tick_label(value: float, _pos=None) -> str:
     return f"10{sup}" if m == "1" else f"{m}×10{sup}"
 
 
+def _n_ticks(lo: float, hi: float, subs: tuple[float, ...]) -> int:
+    """How many m·10^k with m in ``subs`` lie in [lo, hi] (0 < lo ≤ hi)."""
+    decades = range(math.floor(math.log10(lo)), math.floor(math.log10(hi)) + 1)
+    return sum(lo <= m * 10.0**k <= hi for k in decades for m in subs)
+
+
 def log_ticks(axis) -> None:
     """Readable ticks on a log axis (``ax.xaxis`` or ``ax.yaxis``) over its current limits:
     labels at every decade when the axis spans more than 2.5 decades, at 1-2-5 of each decade
-    down to one decade, at every integer multiple of a decade below that; unlabelled minor ticks."""
+    down to one decade; below that at the integer multiples of a decade, thinned to 1-2-3-5-7
+    and then 1-2-5 while more than 4 would be labelled ('4×10⁶' … '9×10⁶' overlapped in a
+    small panel); unlabelled minor ticks."""
     lo, hi = sorted(axis.get_view_interval())
     decades = math.log10(hi / lo) if lo > 0 and hi > 0 else 10.0
-    subs = (1.0,) if decades > 2.5 else (1.0, 2.0, 5.0) if decades >= 1.0 else tuple(np.arange(1.0, 10.0))
+    subs = (1.0,) if decades > 2.5 else (1.0, 2.0, 5.0)
+    if decades < 1.0:
+        subs = next(s for s in (tuple(np.arange(1.0, 10.0)), (1.0, 2.0, 3.0, 5.0, 7.0), subs)
+                    if _n_ticks(lo, hi, s) <= 4 or s == subs)
     axis.set_major_locator(LogLocator(base=10.0, subs=subs, numticks=30))
     axis.set_major_formatter(FuncFormatter(_tick_label))
     axis.set_minor_locator(LogLocator(base=10.0, subs=tuple(np.arange(2.0, 10.0)), numticks=30))

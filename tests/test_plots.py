@@ -123,6 +123,22 @@ def test_log_cost_axes_have_at_least_two_labelled_ticks(lo, hi):
         assert len(labels) <= 12, labels
 
 
+@pytest.mark.parametrize("lo, hi", [(4.2e6, 1.7e7), (1.5e6, 1.4e7), (2e6, 3.5e6), (1.2e5, 4.5e5), (50.0, 5e6)])
+def test_log_cost_tick_labels_do_not_overlap(lo, hi):
+    """Below a decade every integer multiple was labelled: '4×10⁶5×10⁶6×10⁶…' ran together in
+    the alanine-flow report's panels (4.2·10⁶ to 1.7·10⁷)."""
+    fig = _decade_fig(lo, hi)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes[:2]:
+        lo_v, hi_v = sorted(ax.get_xlim())
+        shown = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels()
+                        if t.get_text() and lo_v * (1 - 1e-9) <= t.get_position()[0] <= hi_v * (1 + 1e-9)),
+                       key=lambda box: box.x0)
+        assert len(shown) >= 2, (lo, hi)
+        assert all(a.x1 < b.x0 for a, b in zip(shown, shown[1:])), (lo, hi, [t.get_text() for t in ax.get_xticklabels()])
+
+
 def test_old_log_ticks_showed_a_single_label_on_this_range():
     """The old axes: matplotlib's default log locator and formatter, minor labels off."""
     fig = _decade_fig(1.2e5, 4.5e5)
