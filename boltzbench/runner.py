@@ -16,6 +16,7 @@ import functools
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
@@ -60,8 +61,28 @@ def component_origin(kind: str, name: str) -> dict[str, Any]:
     return {"module": module, "distribution": dist, "version": version(dist) if dist else None}
 
 
+@functools.lru_cache(maxsize=1)
+def source_revision() -> dict[str, Any] | None:
+    """The git commit of the boltzbench source a cell ran, when it runs from a checkout (an
+    editable install), and whether tracked files differed from it (``modified``): the
+    version number alone does not say which code produced a result. None for an installed
+    wheel, or where git is absent."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:
+            return None  # boltzbench installed inside some other repository
+        return {"commit": git("rev-parse", "HEAD"),
+                "modified": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def environment(device: str = "cpu") -> dict[str, Any]:
-    """Versions, threads and device: what a record needs to be reproduced."""
+    """Versions, source commit, threads and device: what a record needs to be reproduced."""
     versions = {}
     for package in PACKAGES:
         try:
@@ -72,6 +93,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": versions,
+        "source": source_revision(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,

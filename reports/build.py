@@ -512,6 +512,15 @@ def plugin_origins(records: list[dict[str, Any]]) -> list[str]:
     return sorted(out)
 
 
+def source_text(source: dict[str, Any] | None) -> str:
+    """The boltzbench commit of a record's ``env.source``: 'commit 4c7e1df', with
+    '+ uncommitted changes' when tracked files differed; 'not recorded' for an installed
+    package or a record from before commits were recorded."""
+    if not source:
+        return "not recorded"
+    return f"commit {source['commit'][:7]}" + (" + uncommitted changes" if source.get("modified") else "")
+
+
 def environment_blocks(records: list[dict[str, Any]]) -> list[Block]:
     envs: dict[str, int] = defaultdict(int)
     for record in records:
@@ -525,13 +534,15 @@ def environment_blocks(records: list[dict[str, Any]]) -> list[Block]:
         env = json.loads(blob)
         packages = ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items())
         rows.append([count, f"Python {env.get('python')} on {env.get('platform')}", env.get("cpu_count"),
-                     env.get("torch_threads"), env.get("device"), packages])
+                     env.get("torch_threads"), env.get("device"), packages, source_text(env.get("source"))])
     blocks: list[Block] = [Heading(2, "Environment")]
     if len(rows) == 1:
-        _, where, cpus, threads, device, packages = rows[0]
-        blocks.append(Text(f"{where}; {cpus} CPUs, {threads} torch threads, device {device}; {packages}."))
+        _, where, cpus, threads, device, packages, source = rows[0]
+        blocks.append(Text(f"{where}; {cpus} CPUs, {threads} torch threads, device {device}; {packages}; "
+                           f"source {source}."))
     else:
-        blocks.append(table(["cells", "python, platform", "CPUs", "torch threads", "device", "packages"], rows))
+        blocks.append(table(["cells", "python, platform", "CPUs", "torch threads", "device", "packages",
+                             "source"], rows))
     plugins = plugin_origins(records)
     if plugins:
         blocks.append(Text("Plugins: " + "; ".join(plugins) + "."))

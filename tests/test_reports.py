@@ -353,6 +353,20 @@ def test_environment_is_one_line_per_machine_and_names_each_plugin_once():
     assert "Plugins: mtm: boltzbench-mtm 0.2.0." in texts
 
 
+def test_environment_says_which_commit_ran_and_splits_records_of_different_commits():
+    """A report of records from two commits (one with uncommitted changes) shows both, so an
+    old record mixed into a new run is visible; records without a commit say so."""
+    from boltzbench.reports.build import environment_blocks
+    env = {"python": "3.11", "platform": "linux", "packages": {}, "cpu_count": 2, "torch_threads": 1,
+           "device": "cpu"}
+    one = [{"env": {**env, "source": {"commit": "4c7e1df85038c138", "modified": False}}}]
+    assert "source commit 4c7e1df." in str(environment_blocks(one)[1])
+    mixed = one + [{"env": {**env, "source": {"commit": "831273e0000", "modified": True}}}, {"env": env}]
+    text = str(environment_blocks(mixed)[1])
+    for expected in ("commit 4c7e1df", "commit 831273e + uncommitted changes", "not recorded"):
+        assert expected in text, text
+
+
 def test_a_failed_cells_table_shows_an_errors_first_line_and_points_to_the_rest():
     """A dead cell's error ends with up to 20 lines of its stderr: the table keeps one line."""
     from boltzbench.reports.build import failed_blocks, first_line
