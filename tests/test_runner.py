@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,19 +65,22 @@ def test_a_record_names_the_distribution_and_version_of_its_plugin():
     assert components["system"]["module"] == "boltzbench.systems.double_well"
 
 
-def test_a_record_names_the_commit_of_the_code_that_ran_it(tmp_path):
+def test_a_record_names_the_commit_of_the_code_that_ran_it():
     """From a git checkout, env.source is the checkout's HEAD and whether tracked files differ
     from it; outside one (an installed wheel) it is None."""
     from boltzbench import runner
     root = Path(runner.__file__).resolve().parent.parent
-    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+
+    def git(*args):
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else None
     record = run_cell(make_cell("double_well", "mc", budget=SMALL, sampler_params={"n_chains": 16})).record
-    if head.returncode != 0:
+    top = git("rev-parse", "--show-toplevel") if shutil.which("git") else None
+    if top is None or Path(top).resolve() != root:
         assert record["env"]["source"] is None
-        return
-    modified = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                              capture_output=True, text=True, check=True).stdout.strip() != ""
-    assert record["env"]["source"] == {"commit": head.stdout.strip(), "modified": modified}
+    else:
+        assert record["env"]["source"] == {"commit": git("rev-parse", "HEAD"),
+                                           "modified": git("status", "--porcelain", "--untracked-files=no") != ""}
 
 
 def test_same_cell_same_seed_identical_numbers_different_seed_different():
