@@ -61,20 +61,23 @@ def component_origin(kind: str, name: str) -> dict[str, Any]:
     return {"module": module, "distribution": dist, "version": version(dist) if dist else None}
 
 
-@functools.lru_cache(maxsize=1)
-def source_revision() -> dict[str, Any] | None:
-    """The git commit of the boltzbench source a cell ran, when it runs from a checkout (an
-    editable install), and whether tracked files differed from it (``modified``): the
-    version number alone does not say which code produced a result. None for an installed
-    wheel, or where git is absent."""
-    root = Path(__file__).resolve().parent.parent
+#: the folder holding the boltzbench package: a git checkout's top when run from one
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
+
+@functools.lru_cache(maxsize=None)
+def source_revision(root: Path = SOURCE_ROOT) -> dict[str, Any] | None:
+    """The git commit of the checkout whose top is ``root`` (the boltzbench source a cell ran,
+    when it runs from an editable install), and whether tracked files differ from it
+    (``modified``): the version number alone does not say which code produced a result.
+    None when ``root`` is not the top of a checkout (an installed wheel, boltzbench inside
+    some other repository) or git is absent."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
     try:
-        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:
-            return None  # boltzbench installed inside some other repository
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != Path(root).resolve():
+            return None
         return {"commit": git("rev-parse", "HEAD"),
                 "modified": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.SubprocessError):

@@ -65,22 +65,35 @@ def test_a_record_names_the_distribution_and_version_of_its_plugin():
     assert components["system"]["module"] == "boltzbench.systems.double_well"
 
 
-def test_a_record_names_the_commit_of_the_code_that_ran_it():
-    """From a git checkout, env.source is the checkout's HEAD and whether tracked files differ
-    from it; outside one (an installed wheel) it is None."""
-    from boltzbench import runner
-    root = Path(runner.__file__).resolve().parent.parent
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_source_revision_is_the_checkouts_commit_and_whether_tracked_files_changed(tmp_path):
+    """HEAD of a checkout; 'modified' by a changed tracked file, not by an untracked one; None
+    for a folder outside any checkout and for one nested inside another repository."""
+    from boltzbench.runner import source_revision
 
     def git(*args):
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else None
+        return subprocess.run(["git", "-C", str(tmp_path / "repo"), "-c", "user.name=t", "-c", "user.email=t@t",
+                               *args], capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "repo" / "inner").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    assert source_revision(tmp_path / "outside") is None
+    git("init", "-q")
+    (tmp_path / "repo" / "code.py").write_text("a = 1\n")
+    git("add", "code.py")
+    git("commit", "-qm", "first")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "repo" / "notes.txt").write_text("untracked\n")
+    assert source_revision(tmp_path / "repo") == {"commit": head, "modified": False}
+    (tmp_path / "repo" / "code.py").write_text("a = 2\n")
+    source_revision.cache_clear()
+    assert source_revision(tmp_path / "repo") == {"commit": head, "modified": True}
+    assert source_revision(tmp_path / "repo" / "inner") is None
+
+
+def test_a_record_carries_the_source_revision_of_the_code_that_ran_it():
+    from boltzbench.runner import SOURCE_ROOT, source_revision
     record = run_cell(make_cell("double_well", "mc", budget=SMALL, sampler_params={"n_chains": 16})).record
-    top = git("rev-parse", "--show-toplevel") if shutil.which("git") else None
-    if top is None or Path(top).resolve() != root:
-        assert record["env"]["source"] is None
-    else:
-        assert record["env"]["source"] == {"commit": git("rev-parse", "HEAD"),
-                                           "modified": git("status", "--porcelain", "--untracked-files=no") != ""}
+    assert record["env"]["source"] == source_revision(SOURCE_ROOT)
 
 
 def test_same_cell_same_seed_identical_numbers_different_seed_different():
